@@ -1,0 +1,78 @@
+/*
+ * zcio.h -- the interface of zcio's C core, written as a cffi cdef.
+ *
+ * This file is read by csrc/build.py as the cdef; it is not compiled as C.
+ * csrc/zcio.c is the implementation. Conventions:
+ *   - every symbol carries the zcio_ prefix (the #defines below are the
+ *     kernel's own constants, whose values cffi takes from the system headers);
+ *   - a function that can fail returns -errno (never -1 with errno set), so
+ *     errno cannot be clobbered between the call and the check;
+ *   - ZCIO_EARG_COUNT / _FLAGS / _OFFSET are returned for a negative count,
+ *     negative flags or an offset below -1; the Python layer turns them into
+ *     ValueError (they lie outside the range of -errno);
+ *   - in an _at function, an offset of -1 means NULL: use and advance the
+ *     file position.
+ */
+
+#define SPLICE_F_MOVE ...
+#define SPLICE_F_NONBLOCK ...
+#define SPLICE_F_MORE ...
+#define SPLICE_F_GIFT ...
+#define MSG_ZEROCOPY ...
+#define SO_ZEROCOPY ...
+#define SO_EE_ORIGIN_ZEROCOPY ...
+#define SO_EE_CODE_ZEROCOPY_COPIED ...
+#define MSG_CTRUNC ...
+#define SOL_IP ...
+#define SOL_IPV6 ...
+#define IP_RECVERR ...
+#define IPV6_RECVERR ...
+#define F_GETPIPE_SZ ...
+#define F_SETPIPE_SZ ...
+
+#define ZCIO_EARG_COUNT ...
+#define ZCIO_EARG_FLAGS ...
+#define ZCIO_EARG_OFFSET ...
+#define ZCIO_CONTROL_SIZE ...
+
+struct iovec {
+    void *iov_base;
+    size_t iov_len;
+};
+
+typedef struct {
+    uint32_t first;   /* inclusive range of send ids, may wrap */
+    uint32_t last;
+    int copied;       /* SO_EE_CODE_ZEROCOPY_COPIED was set */
+} zcio_completion;
+
+const char *zcio_build_version(void);
+
+/* One kernel call each (EINTR comes back to the caller as -EINTR). The short
+ * forms take no offsets; the _at forms take offsets, -1 meaning NULL. */
+int64_t zcio_sendfile(int out_fd, int in_fd, int64_t count);
+int64_t zcio_sendfile_at(int out_fd, int in_fd, int64_t offset, int64_t count);
+int64_t zcio_splice(int fd_in, int fd_out, int64_t count, int flags);
+int64_t zcio_splice_at(int fd_in, int fd_out, int64_t count, int64_t off_in,
+                       int64_t off_out, int flags);
+int64_t zcio_tee(int fd_in, int fd_out, int64_t count, int flags);
+int64_t zcio_vmsplice(int fd, const struct iovec *iov, size_t n,
+                      int flags);
+int64_t zcio_copy_file_range(int fd_in, int fd_out, int64_t count);
+int64_t zcio_copy_file_range_at(int fd_in, int fd_out, int64_t count,
+                                int64_t off_in, int64_t off_out);
+int64_t zcio_send(int fd, const void *buf, size_t len, int flags);
+
+/* Drain up to max zero-copy completions from fd's error queue without
+ * blocking; returns how many were stored in out, or -errno if the first
+ * recvmsg failed with anything but EAGAIN. */
+int zcio_read_completions(int fd, zcio_completion *out, int max);
+
+/* Parse a recvmsg control buffer of len bytes (any alignment, any content);
+ * stores up to max zero-copy completions and returns how many. */
+int zcio_parse_cmsgs(const unsigned char *control, size_t len,
+                     zcio_completion *out, int max);
+
+/* Probe: call a syscall by number with all-invalid arguments and return
+ * -errno (ENOSYS: absent; EPERM: filtered; anything else: present). */
+int zcio_probe_syscall(const char *name);

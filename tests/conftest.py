@@ -1,0 +1,84 @@
+"""Shared fixtures: fd-leak accounting around every test, and fd factories."""
+from __future__ import annotations
+
+import gc
+import os
+import socket
+from typing import Callable, Iterator, List, Tuple
+
+import pytest
+
+
+def _open_fds() -> List[Tuple[int, str]]:
+    fds = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:  # the listing's own fd, closed by now
+            continue
+        fds.append((int(name), target))
+    return sorted(fds)
+
+
+@pytest.fixture(autouse=True)
+def no_fd_leaks() -> Iterator[None]:
+    """Fail a test that leaves an fd open that was not open before it."""
+    gc.collect()
+    before = set(_open_fds())
+    yield
+    gc.collect()
+    leaked = sorted(set(_open_fds()) - before)
+    assert not leaked, f"file descriptors leaked: {leaked}"
+
+
+@pytest.fixture
+def pipe() -> Iterator[Callable[[], Tuple[int, int]]]:
+    """Factory of pipes (r, w) that are closed after the test."""
+    made: List[int] = []
+
+    def make() -> Tuple[int, int]:
+        r, w = os.pipe()
+        made.extend((r, w))
+        return r, w
+
+    yield make
+    for fd in made:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def tcp_pair() -> Iterator[Callable[..., Tuple[socket.socket, socket.socket]]]:
+    """Factory of connected TCP sockets over loopback (client, server)."""
+    made: List[socket.socket] = []
+
+    def make(family: int = socket.AF_INET) -> Tuple[socket.socket, socket.socket]:
+        host = "127.0.0.1" if family == socket.AF_INET else "::1"
+        with socket.socket(family, socket.SOCK_STREAM) as listener:
+            listener.bind((host, 0))
+            listener.listen(1)
+            client = socket.create_connection(listener.getsockname()[:2], timeout=10)
+            server, _ = listener.accept()
+        server.settimeout(10)
+        made.extend((client, server))
+        return client, server
+
+    yield make
+    for s in made:
+        s.close()
+
+
+@pytest.fixture
+def socketpair() -> Iterator[Callable[[], Tuple[socket.socket, socket.socket]]]:
+    made: List[socket.socket] = []
+
+    def make() -> Tuple[socket.socket, socket.socket]:
+        a, b = socket.socketpair()
+        made.extend((a, b))
+        return a, b
+
+    yield make
+    for s in made:
+        s.close()
