@@ -76,10 +76,8 @@ int64_t zcio_sendfile_at(int out_fd, int in_fd, int64_t offset, int64_t count)
 {
     if (count < 0)
         return ZCIO_EARG_COUNT;
-    if (offset < -1)
+    if (offset < 0)
         return ZCIO_EARG_OFFSET;
-    if (offset == -1)
-        ZCIO_RET(sendfile(out_fd, in_fd, NULL, (size_t)count));
     off_t off = (off_t)offset;
     ZCIO_RET(sendfile(out_fd, in_fd, &off, (size_t)count));
 }

@@ -10,8 +10,9 @@
  *   - ZCIO_EARG_COUNT / _FLAGS / _OFFSET are returned for a negative count,
  *     negative flags or an offset below -1; the Python layer turns them into
  *     ValueError (they lie outside the range of -errno);
- *   - in an _at function, an offset of -1 means NULL: use and advance the
- *     file position.
+ *   - the short forms take no offsets (NULL: use and advance the file
+ *     position); in zcio_splice_at and zcio_copy_file_range_at an offset of
+ *     -1 means NULL for that side; zcio_sendfile_at needs an offset >= 0.
  */
 
 #define SPLICE_F_MOVE ...
@@ -48,8 +49,7 @@ typedef struct {
 
 const char *zcio_build_version(void);
 
-/* One kernel call each (EINTR comes back to the caller as -EINTR). The short
- * forms take no offsets; the _at forms take offsets, -1 meaning NULL. */
+/* One kernel call each (EINTR comes back to the caller as -EINTR). */
 int64_t zcio_sendfile(int out_fd, int in_fd, int64_t count);
 int64_t zcio_sendfile_at(int out_fd, int in_fd, int64_t offset, int64_t count);
 int64_t zcio_splice(int fd_in, int fd_out, int64_t count, int flags);

@@ -195,7 +195,13 @@ def sendfile(out_fd: FdLike, in_fd: FdLike, offset: Optional[int], count: int) -
         if n >= 0:
             return n  # type: ignore[no-any-return]
         return _check(n, _c_sendfile, (out_fd, in_fd, count))
-    return _call(_c_sendfile_at, _fd(out_fd), _fd(in_fd), _offset(offset, "offset"), count)
+    try:
+        n = _c_sendfile_at(out_fd, in_fd, offset, count)
+    except TypeError:
+        return _call(_c_sendfile_at, _fd(out_fd), _fd(in_fd), _offset(offset, "offset"), count)
+    if n >= 0:
+        return n  # type: ignore[no-any-return]
+    return _check(n, _c_sendfile_at, (out_fd, in_fd, offset, count))
 
 
 def splice(
