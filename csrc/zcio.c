@@ -258,3 +258,212 @@ int zcio_probe_syscall(const char *name)
         r = syscall(nr, -1, -1, NULL, (size_t)0);
     return r < 0 ? -errno : 0;
 }
+
+/* ------------------------------------------------------------------------
+ * The transfer loop. */
+#include <poll.h>
+#include <time.h>
+
+#define ZCIO_M_SENDFILE 1
+#define ZCIO_M_COPY_FILE_RANGE 2
+#define ZCIO_M_SPLICE 3
+#define ZCIO_M_PIPE 4
+#define ZCIO_M_RW 5
+
+#define ZCIO_DONE 0
+#define ZCIO_MORE 1
+#define ZCIO_WAIT 2
+
+typedef struct {
+    int method;
+    int src;
+    int dst;
+    int pipe_r;
+    int pipe_w;
+    int64_t src_off;
+    int64_t remaining;
+    int64_t chunk;
+    int64_t in_flight;
+    int64_t transferred;
+    int64_t calls;
+    int eof;
+    unsigned char *buf;
+    int64_t buf_pos;
+} zcio_xfer;
+
+static int64_t zcio_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Wait until one of the fds is ready, at most ms milliseconds. For a call
+ * that failed with EAGAIN on either of two fds, wait only on those that are
+ * not ready now (waiting on a ready one would spin). Returns 1 when ready,
+ * 0 on timeout, -errno on error (EINTR included). */
+static int zcio_wait(struct pollfd *p, int n, int ms)
+{
+    if (n == 2) {
+        struct pollfd q[2] = {p[0], p[1]};
+        q[0].revents = q[1].revents = 0;
+        if (poll(q, 2, 0) < 0)
+            return -errno;
+        int ready0 = q[0].revents != 0, ready1 = q[1].revents != 0;
+        if (ready0 && !ready1) {
+            p[0] = p[1];
+            n = 1;
+        } else if (ready1 && !ready0) {
+            n = 1;
+        } else if (ready0 && ready1) {
+            ms = ms < 1 ? ms : 1;  /* both look ready yet the call refused: back off briefly */
+            n = 0;
+        }
+    }
+    int r = poll(n ? p : NULL, (nfds_t)n, ms);
+    if (r < 0)
+        return -errno;
+    return n == 0 ? 1 : r > 0;
+}
+
+static int64_t zcio_want(const zcio_xfer *x)
+{
+    if (x->remaining >= 0 && x->remaining < x->chunk)
+        return x->remaining;
+    return x->chunk;
+}
+
+/* Take up to want bytes from src into the intermediate pipe or buffer.
+ * Returns bytes taken (0 at EOF) or -errno. */
+static int64_t zcio_take(zcio_xfer *x, int64_t want)
+{
+    loff_t off = (loff_t)x->src_off;
+    ssize_t n;
+    if (x->method == ZCIO_M_PIPE) {
+        n = splice(x->src, x->src_off >= 0 ? &off : NULL, x->pipe_w, NULL,
+                   (size_t)want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    } else if (x->src_off >= 0) {
+        n = pread(x->src, x->buf, (size_t)want, (off_t)x->src_off);
+    } else {
+        n = read(x->src, x->buf, (size_t)want);
+    }
+    if (n < 0)
+        return -errno;
+    x->buf_pos = 0;
+    return n;
+}
+
+/* Deliver up to in_flight bytes from the intermediate pipe or buffer. */
+static int64_t zcio_give(zcio_xfer *x)
+{
+    ssize_t n;
+    if (x->method == ZCIO_M_PIPE)
+        n = splice(x->pipe_r, NULL, x->dst, NULL, (size_t)x->in_flight,
+                   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    else
+        n = write(x->dst, x->buf + x->buf_pos, (size_t)x->in_flight);
+    if (n < 0)
+        return -errno;
+    x->buf_pos += n;
+    return n;
+}
+
+/* One step of a method that moves src -> dst in one call. */
+static int64_t zcio_direct(zcio_xfer *x, int64_t want)
+{
+    loff_t off = (loff_t)x->src_off;
+    off_t soff = (off_t)x->src_off;
+    ssize_t n;
+    switch (x->method) {
+    case ZCIO_M_SENDFILE:
+        n = sendfile(x->dst, x->src, x->src_off >= 0 ? &soff : NULL, (size_t)want);
+        break;
+    case ZCIO_M_COPY_FILE_RANGE:
+#ifdef SYS_copy_file_range
+        n = syscall(SYS_copy_file_range, x->src, x->src_off >= 0 ? &off : NULL,
+                    x->dst, NULL, (size_t)want, 0u);
+#else
+        errno = ENOSYS;
+        n = -1;
+#endif
+        break;
+    default: /* ZCIO_M_SPLICE */
+        n = splice(x->src, x->src_off >= 0 ? &off : NULL, x->dst, NULL,
+                   (size_t)want, SPLICE_F_MOVE);
+        break;
+    }
+    return n < 0 ? -errno : n;
+}
+
+int zcio_pump(zcio_xfer *x, int64_t max_bytes, int max_ms)
+{
+    const int64_t start = zcio_now_ms();
+    int64_t moved = 0;
+
+    for (;;) {
+        struct pollfd p[2];
+        int np = 0;
+        int64_t n;
+        int delivering = 0;
+
+        if (x->in_flight > 0) {
+            delivering = 1;
+            n = zcio_give(x);
+        } else if (x->eof || x->remaining == 0) {
+            return ZCIO_DONE;
+        } else if (x->method == ZCIO_M_PIPE || x->method == ZCIO_M_RW) {
+            n = zcio_take(x, zcio_want(x));
+        } else {
+            n = zcio_direct(x, zcio_want(x));
+        }
+        if (n >= 0) {
+            x->calls++;
+            if (delivering) {
+                x->in_flight -= n;
+                x->transferred += n;
+            } else if (n == 0) {
+                x->eof = 1;
+            } else {
+                if (x->remaining > 0)
+                    x->remaining -= n;
+                if (x->src_off >= 0)
+                    x->src_off += n;
+                if (x->method == ZCIO_M_PIPE || x->method == ZCIO_M_RW)
+                    x->in_flight = n;
+                else
+                    x->transferred += n;
+            }
+            moved += n;
+            if (x->in_flight == 0 && (x->eof || x->remaining == 0))
+                return ZCIO_DONE;
+            if (moved >= max_bytes || zcio_now_ms() - start >= max_ms)
+                return ZCIO_MORE;
+            continue;
+        }
+        if (n == -EINTR)
+            return ZCIO_MORE;
+        if (n != -EAGAIN && n != -EWOULDBLOCK)
+            return (int)n;
+
+        /* Would block: find what to wait for. */
+        if (delivering || x->method == ZCIO_M_SENDFILE ||
+            x->method == ZCIO_M_COPY_FILE_RANGE) {
+            p[np].fd = x->dst; p[np].events = POLLOUT; np++;
+        } else if (x->method == ZCIO_M_SPLICE) {
+            p[np].fd = x->src; p[np].events = POLLIN; np++;
+            p[np].fd = x->dst; p[np].events = POLLOUT; np++;
+        } else {
+            p[np].fd = x->src; p[np].events = POLLIN; np++;
+        }
+        int64_t left = max_ms - (zcio_now_ms() - start);
+        if (left <= 0)
+            return ZCIO_WAIT;
+        int r = zcio_wait(p, np, (int)left);
+        if (r == -EINTR)
+            return ZCIO_MORE;
+        if (r < 0)
+            return r;
+        if (r == 0)
+            return ZCIO_WAIT;
+    }
+}

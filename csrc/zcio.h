@@ -76,3 +76,42 @@ int zcio_parse_cmsgs(const unsigned char *control, size_t len,
 /* Probe: call a syscall by number with all-invalid arguments and return
  * -errno (ENOSYS: absent; EPERM: filtered; anything else: present). */
 int zcio_probe_syscall(const char *name);
+
+/* ------------------------------------------------------------------------
+ * The transfer loop behind splice_pipe. One zcio_pump call moves bytes from
+ * src to dst by one method until the transfer is done, an error occurs, or a
+ * budget (bytes moved, milliseconds spent) runs out; the Python layer calls
+ * it again, so signals, timeouts and progress callbacks get their turn.
+ * Every field that counts bytes is exact whatever the outcome.
+ */
+#define ZCIO_M_SENDFILE ...
+#define ZCIO_M_COPY_FILE_RANGE ...
+#define ZCIO_M_SPLICE ...
+#define ZCIO_M_PIPE ...
+#define ZCIO_M_RW ...
+
+#define ZCIO_DONE ...
+#define ZCIO_MORE ...
+#define ZCIO_WAIT ...
+
+typedef struct {
+    int method;           /* ZCIO_M_* */
+    int src;
+    int dst;
+    int pipe_r;           /* ZCIO_M_PIPE: the intermediate pipe */
+    int pipe_w;
+    int64_t src_off;      /* -1: use and advance src's file position */
+    int64_t remaining;    /* bytes still to take from src; -1: until EOF */
+    int64_t chunk;        /* most bytes per system call */
+    int64_t in_flight;    /* taken from src, not yet delivered (pipe or buf) */
+    int64_t transferred;  /* delivered to dst */
+    int64_t calls;        /* system calls that moved bytes or saw EOF */
+    int eof;              /* src reported end of file */
+    unsigned char *buf;   /* ZCIO_M_RW: buffer of chunk bytes */
+    int64_t buf_pos;      /* ZCIO_M_RW: pending bytes start at buf + buf_pos */
+} zcio_xfer;
+
+/* Returns ZCIO_DONE (count reached or src at EOF, nothing in flight),
+ * ZCIO_MORE (a budget ran out or a signal arrived: call again), ZCIO_WAIT
+ * (blocked for max_ms waiting for readiness: call again), or -errno. */
+int zcio_pump(zcio_xfer *x, int64_t max_bytes, int max_ms);

@@ -6,7 +6,7 @@ and, as they land, the higher layers built on it.
 from __future__ import annotations
 
 from ._binding import ffi as _ffi  # noqa: F401  (fails early with a clear message)
-from ._errors import ZcioError
+from ._errors import TransferError, ZcioError
 from ._version import __version__
 from .lowlevel import (
     MSG_ZEROCOPY,
@@ -27,10 +27,20 @@ from .lowlevel import (
     tee,
     vmsplice,
 )
+from .pipes import Pipe, PipePool, default_pool
+from .streams import proxy, splice_pipe, stats, tee_pipe
 
 __all__ = [
     "__version__",
     "ZcioError",
+    "TransferError",
+    "splice_pipe",
+    "tee_pipe",
+    "proxy",
+    "stats",
+    "Pipe",
+    "PipePool",
+    "default_pool",
     "Completion",
     "sendfile",
     "splice",

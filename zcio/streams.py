@@ -1,0 +1,536 @@
+"""Moving streams: splice_pipe, tee_pipe and proxy.
+
+:func:`splice_pipe` picks the cheapest kernel path for the pair of fds it is
+given and falls back, path by path, down to a read/write copy when the kernel
+refuses one -- but only while nothing has moved, so no byte is lost or
+duplicated. The copy loop runs in C with the GIL released, in slices of at
+most ~50 ms, so signals, ``timeout`` and ``progress`` get their turn.
+
+Paths (src \\ dst): a regular file to a regular file uses copy_file_range, to
+anything else sendfile; a pipe on either side means a direct splice; a socket
+(or another non-file source) goes through a pooled pipe with two splices.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import io
+import os
+import select
+import socket
+import stat
+import threading
+import time
+from typing import Any, Callable, List, Optional, Tuple
+
+from . import _stats
+from ._binding import ffi, lib
+from ._errors import TransferError, transfer_error, transfer_timeout
+from .lowlevel import FdLike, _fd, tee
+from .pipes import Pipe, PipePool, default_pool
+
+__all__ = ["splice_pipe", "tee_pipe", "proxy", "stats"]
+
+Progress = Callable[[int], Any]
+
+# Method ids of the C core, and the names stats() reports them under.
+SENDFILE = lib.ZCIO_M_SENDFILE
+COPY_FILE_RANGE = lib.ZCIO_M_COPY_FILE_RANGE
+SPLICE = lib.ZCIO_M_SPLICE
+PIPE = lib.ZCIO_M_PIPE
+RW = lib.ZCIO_M_RW
+PATH_NAMES = {
+    SENDFILE: "sendfile",
+    COPY_FILE_RANGE: "copy_file_range",
+    SPLICE: "splice",
+    PIPE: "splice_via_pipe",
+    RW: "read_write",
+}
+_CHUNK = {
+    SENDFILE: 8 << 20,
+    COPY_FILE_RANGE: 64 << 20,
+    SPLICE: 16 << 20,
+    RW: 256 << 10,
+}
+_DONE, _MORE, _WAIT = lib.ZCIO_DONE, lib.ZCIO_MORE, lib.ZCIO_WAIT
+_SLICE_MS = 50
+_UNLIMITED = 1 << 62
+
+# Errors that mean "this path is not for these fds" when nothing has moved.
+# 524 is the kernel's internal ENOTSUPP, which some filesystems leak.
+_FALLBACK_ERRNOS = frozenset(
+    {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV, errno.EPERM, 524}
+)
+
+
+def _falls_back(method: int, err: int) -> bool:
+    # copy_file_range answers EBADF for an O_APPEND destination.
+    return err in _FALLBACK_ERRNOS or (method == COPY_FILE_RANGE and err == errno.EBADF)
+
+
+def stats() -> dict:
+    """Process-wide counters: bytes and calls per path, fallbacks by reason,
+    transfers by outcome, and pipes (created, destroyed, exhausted, in use,
+    free)."""
+    return _stats.snapshot()
+
+
+# ------------------------------------------------------------ the two ends
+
+
+def _kind(fd: int) -> str:
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode) or stat.S_ISBLK(mode):
+        return "file"
+    if stat.S_ISFIFO(mode):
+        return "pipe"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "other"
+
+
+def _plan(src: str, dst: str) -> List[int]:
+    """The paths to try, cheapest first (SPEC section 2's table)."""
+    if src == "pipe" or dst == "pipe":
+        return [SPLICE, RW]
+    if src == "file" and dst == "file":
+        return [COPY_FILE_RANGE, SENDFILE, PIPE, RW]
+    if src in ("file", "other"):
+        return [SENDFILE, PIPE, RW]
+    return [PIPE, RW]  # a socket source
+
+
+def _resolve(obj: FdLike, name: str) -> Tuple[int, Any]:
+    if isinstance(obj, io.TextIOBase):
+        raise TypeError(f"{name} is a text-mode file; open it in binary mode")
+    return _fd(obj), (None if isinstance(obj, int) else obj)
+
+
+def _is_buffered(obj: Any) -> bool:
+    return isinstance(obj, (io.BufferedReader, io.BufferedWriter, io.BufferedRandom, io.BufferedRWPair))
+
+
+def _take_buffered(reader: Any, fd: int, limit: Optional[int]) -> bytes:
+    """The bytes an unseekable buffered reader already holds, consumed from it.
+
+    The fd is made non-blocking for the peek so that an empty buffer does not
+    turn into a blocking read.
+    """
+    flags = os.get_blocking(fd)
+    os.set_blocking(fd, False)
+    try:
+        try:
+            held = reader.peek(0)
+        except BlockingIOError:
+            held = b""
+    finally:
+        os.set_blocking(fd, flags)
+    if limit is not None:
+        held = held[:limit]
+    return reader.read(len(held)) if held else b""
+
+
+class _Transfer:
+    """One splice_pipe call: the C state, the pipe or buffer it uses, and the
+    accounting of bytes delivered before the C loop started (``prefix``)."""
+
+    def __init__(self, src: int, dst: int, count: Optional[int], offset: Optional[int], pool: PipePool):
+        self.x = ffi.new("zcio_xfer *")
+        self.x.src, self.x.dst = src, dst
+        self.x.pipe_r = self.x.pipe_w = -1
+        self.x.src_off = -1 if offset is None else offset
+        self.x.remaining = -1 if count is None else count
+        self.pool = pool
+        self.pipe: Optional[Pipe] = None
+        self.buf: Any = None
+        self.prefix = 0  # bytes from a Python buffer, delivered before the kernel path
+        self.method = 0
+
+    @property
+    def transferred(self) -> int:
+        return self.prefix + int(self.x.transferred)
+
+    def use(self, method: int) -> bool:
+        """Switch to ``method``; False when it cannot be used (no pipe free)."""
+        x = self.x
+        if method == PIPE:
+            if self.pipe is None:
+                self.pipe = self.pool.acquire()
+                if self.pipe is None:
+                    _stats.count_fallback("splice_via_pipe:pool_exhausted")
+                    return False
+            x.pipe_r, x.pipe_w = self.pipe.r, self.pipe.w
+            x.chunk = self.pool.pipe_size
+        else:
+            x.chunk = _CHUNK[method]
+            if method == RW and self.buf is None:
+                self.buf = ffi.new("unsigned char[]", _CHUNK[RW])
+                x.buf = self.buf
+        if method == RW and self.method == PIPE and x.in_flight:
+            # The pipe took a chunk that the destination refused: carry it
+            # over into the buffer so the copy path delivers it first.
+            carried = self.pending()
+            ffi.memmove(self.buf, carried, len(carried))
+            x.buf_pos = 0
+            x.in_flight = len(carried)
+        x.method = self.method = method
+        return True
+
+    def pending(self) -> bytes:
+        """Recover the bytes taken from src and not delivered."""
+        n = int(self.x.in_flight)
+        if n == 0:
+            return b""
+        if self.method == PIPE and self.pipe is not None:
+            data = self.pipe.drain(n)
+        else:
+            start = int(self.x.buf_pos)
+            data = bytes(ffi.buffer(self.buf)[start : start + n])
+        self.x.in_flight -= len(data)
+        return data
+
+    def close(self) -> None:
+        if self.pipe is not None:
+            self.pool.release(self.pipe)
+            self.pipe = None
+        x = self.x
+        if x.calls or x.transferred:
+            _stats.count_path(PATH_NAMES.get(self.method, "?"), int(x.transferred), int(x.calls))
+
+
+def _write_all(fd: int, data: bytes, deadline: Callable[[], Optional[float]]) -> int:
+    """Write ``data`` to fd (waiting on EAGAIN); returns bytes written before
+    an error, which is raised as TransferError by the caller."""
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        try:
+            done += os.write(fd, view[done:])
+        except BlockingIOError:
+            _poll(fd, select.POLLOUT, deadline())
+    return done
+
+
+def _poll(fd: int, events: int, timeout: Optional[float]) -> None:
+    p = select.poll()
+    p.register(fd, events)
+    p.poll(None if timeout is None else max(0, int(timeout * 1000)))
+
+
+def splice_pipe(
+    src: FdLike,
+    dst: FdLike,
+    count: Optional[int] = None,
+    *,
+    offset: Optional[int] = None,
+    timeout: Optional[float] = None,
+    progress: Optional[Progress] = None,
+    pool: Optional[PipePool] = None,
+) -> int:
+    """Move bytes from ``src`` to ``dst`` by the cheapest path the kernel allows.
+
+    Args:
+        src: where bytes come from: an fd, a socket, a binary file object.
+        dst: where they go.
+        count: how many bytes to move; None moves until end of input. A count
+            beyond the end is not an error: the call returns what it moved.
+        offset: the source's file offset to start at; the source's position is
+            then left alone. None uses (and advances) the current position; for
+            a buffered reader that is its ``tell()``, and it is ``seek()``-ed to
+            the true end afterwards, also on error. Given for a socket or pipe
+            source it raises OSError(ESPIPE) before anything is read.
+        timeout: the most seconds the call may wait without progress. Blocking
+            fds are switched to non-blocking for the duration of the call (and
+            switched back) so that no single system call can outlast it.
+        progress: called with the running total after each slice, and last with
+            the final total. An exception it raises propagates; the bytes taken
+            from src by then are in the exception's ``pending`` attribute.
+        pool: the PipePool to take an intermediate pipe from (default: the
+            process-wide one). When it is exhausted, the transfer copies.
+
+    Returns:
+        The number of bytes that reached ``dst``.
+
+    Raises:
+        TransferError: on any error once the transfer started, carrying
+            ``transferred`` and ``pending``; it is also an instance of the
+            builtin OSError subclass for its errno (BrokenPipeError,
+            ConnectionResetError, TimeoutError on a timeout, ...).
+        ValueError: a negative count or offset, or a negative timeout.
+        TypeError: a text-mode file or something that is not an fd.
+        KeyboardInterrupt (or any exception of a signal handler or of
+            ``progress``): propagates with ``transferred`` and ``pending``
+            attributes set on it.
+    """
+    if count is not None:
+        count = _nonneg(count, "count")
+    if offset is not None:
+        offset = _nonneg(offset, "offset")
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"timeout must be None or >= 0, got {timeout}")
+    src_fd, src_obj = _resolve(src, "src")
+    dst_fd, dst_obj = _resolve(dst, "dst")
+    src_kind, dst_kind = _kind(src_fd), _kind(dst_fd)
+    if offset is not None and src_kind in ("pipe", "socket"):
+        raise OSError(errno.ESPIPE, f"offset given for a {src_kind} source: {os.strerror(errno.ESPIPE)}")
+
+    if dst_obj is not None and hasattr(dst_obj, "flush") and not isinstance(dst_obj, socket.socket):
+        dst_obj.flush()
+    seek_src = None  # a seekable buffered reader, seek()-ed to the true end afterwards
+    prefix = b""
+    if offset is None and src_obj is not None and _is_buffered(src_obj):
+        if src_obj.seekable():
+            offset = src_obj.tell()
+            seek_src = src_obj
+        else:
+            prefix = _take_buffered(src_obj, src_fd, count)
+            if count is not None:
+                count -= len(prefix)
+
+    restore: List[int] = []
+    if timeout is not None:
+        for fd in {src_fd, dst_fd}:
+            if os.get_blocking(fd):
+                os.set_blocking(fd, False)
+                restore.append(fd)
+    plan = _plan(src_kind, dst_kind)
+    if plan[0] != SPLICE and fcntl.fcntl(dst_fd, fcntl.F_GETFL) & os.O_APPEND:
+        # No kernel path writes to an O_APPEND file (EINVAL, or EBADF from
+        # copy_file_range); go straight to the copy and say so.
+        _stats.count_fallback("dst:O_APPEND")
+        plan = [RW]
+    t = _Transfer(src_fd, dst_fd, count, offset, pool or default_pool())
+    try:
+        return _run(t, plan, prefix, timeout, progress)
+    finally:
+        try:
+            t.close()
+        finally:
+            for fd in restore:
+                os.set_blocking(fd, True)
+            if seek_src is not None:
+                seek_src.seek(int(t.x.src_off))
+            if dst_obj is not None and _is_buffered(dst_obj) and dst_obj.seekable():
+                dst_obj.seek(os.lseek(dst_fd, 0, os.SEEK_CUR))
+
+
+def _nonneg(value: int, name: str) -> int:
+    import operator
+
+    value = operator.index(value)
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def _run(
+    t: _Transfer,
+    plan: List[int],
+    prefix: bytes,
+    timeout: Optional[float],
+    progress: Optional[Progress],
+) -> int:
+    x = t.x
+    last_progress = time.monotonic()
+
+    def remaining() -> Optional[float]:
+        return None if timeout is None else max(0.0, last_progress + timeout - time.monotonic())
+
+    try:
+        if prefix:
+            written = 0
+            try:
+                written = _write_all(x.dst, prefix, remaining)
+            except OSError as exc:
+                raise transfer_error(exc.errno or errno.EIO, written, prefix[written:]) from exc
+            finally:
+                t.prefix = written
+            if progress is not None:
+                progress(t.transferred)
+        max_bytes = (64 << 20) if progress is not None else _UNLIMITED
+        methods = iter(plan)
+        method = next(methods)
+        while not t.use(method):
+            method = next(methods)
+        while True:
+            before = (int(x.transferred), int(x.in_flight))
+            budget = _SLICE_MS
+            if timeout is not None:
+                budget = max(0, min(_SLICE_MS, int(remaining() * 1000)))  # type: ignore[operator]
+            rc = lib.zcio_pump(x, max_bytes, budget)
+            moved = (int(x.transferred), int(x.in_flight)) != before
+            if moved:
+                last_progress = time.monotonic()
+            if rc == _DONE:
+                break
+            if rc < 0:
+                err = -rc
+                if _falls_back(method, err) and x.transferred == 0 and (x.in_flight == 0 or method == PIPE):
+                    nxt = next(methods, None)
+                    while nxt is not None and not t.use(nxt):
+                        nxt = next(methods, None)
+                    if nxt is not None:
+                        _stats.count_fallback(f"{PATH_NAMES[method]}:{errno.errorcode.get(err, err)}")
+                        method = nxt
+                        continue
+                raise transfer_error(err, t.transferred, t.pending())
+            if timeout is not None and not moved and remaining() == 0:
+                raise transfer_timeout(t.transferred, t.pending(), timeout)
+            if progress is not None and moved:
+                progress(t.transferred)
+        if progress is not None:
+            progress(t.transferred)
+    except TransferError:
+        _stats.count_transfer("failed")
+        raise
+    except BaseException as exc:
+        # A signal handler's exception (KeyboardInterrupt) or progress's:
+        # nothing taken from src may vanish, so say where it is.
+        _stats.count_transfer("interrupted")
+        exc.transferred = t.transferred  # type: ignore[attr-defined]
+        exc.pending = t.pending()  # type: ignore[attr-defined]
+        raise
+    _stats.count_transfer("completed")
+    return t.transferred
+
+
+# ------------------------------------------------------------------ tee
+
+
+def tee_pipe(
+    src: FdLike,
+    dst: FdLike,
+    mirror: FdLike,
+    count: Optional[int] = None,
+    *,
+    timeout: Optional[float] = None,
+) -> int:
+    """Send every byte of ``src`` to ``dst`` and a copy of it to ``mirror``.
+
+    Each chunk is spliced from ``src`` into a pipe, duplicated with ``tee()``
+    into a second pipe, and spliced from the two pipes to ``mirror`` and then
+    ``dst``: no copy passes through user space. A source that cannot be
+    spliced (a /proc file, say) is read and written instead. Each chunk is
+    whatever one read returns, so interactive traffic is mirrored as it comes.
+
+    Args:
+        src, dst, mirror: fds or objects with ``fileno()``.
+        count: bytes to move; None until EOF.
+        timeout: the most seconds to wait without progress at any step.
+
+    Returns:
+        The number of bytes that reached ``dst`` (the mirror got the same).
+
+    Raises:
+        TransferError: with ``transferred`` (bytes that reached dst) and
+            ``pending`` (bytes taken from src that did not reach dst).
+    """
+    if count is not None:
+        count = _nonneg(count, "count")
+    src_fd = _resolve(src, "src")[0]
+    dst_fd = _resolve(dst, "dst")[0]
+    mirror_fd = _resolve(mirror, "mirror")[0]
+    size = default_pool().pipe_size
+    total = 0
+    with Pipe() as main, Pipe() as copy:
+        for p in (main, copy):
+            try:
+                p.size = size
+            except OSError:
+                pass
+        try:
+            while count is None or total < count:
+                want = main.size if count is None else min(main.size, count - total)
+                n = _fill(src_fd, main, want, timeout)
+                if n == 0:
+                    break
+                duplicated = 0
+                while duplicated < n:
+                    duplicated += tee(main.r, copy.w, n - duplicated)
+                splice_pipe(copy.r, mirror_fd, n, timeout=timeout)
+                try:
+                    total += splice_pipe(main.r, dst_fd, n, timeout=timeout)
+                except TransferError as exc:
+                    total += exc.transferred
+                    raise
+        except OSError as exc:
+            raise transfer_error(exc.errno or errno.EIO, total, main.drain()) from exc
+    return total
+
+
+def _fill(src: int, pipe: Pipe, want: int, timeout: Optional[float]) -> int:
+    """One splice (or read and write) from src into the empty pipe; 0 at EOF."""
+    from .lowlevel import SPLICE_F_NONBLOCK, splice
+
+    while True:
+        try:
+            return splice(src, pipe.w, want, flags=SPLICE_F_NONBLOCK)
+        except BlockingIOError:
+            _wait_readable(src, timeout)
+        except OSError as exc:
+            if exc.errno not in _FALLBACK_ERRNOS:
+                raise
+            break
+    while True:
+        try:
+            data = os.read(src, want)
+            break
+        except BlockingIOError:
+            _wait_readable(src, timeout)
+    os.write(pipe.w, data)  # the pipe is empty and holds `want` bytes
+    return len(data)
+
+
+def _wait_readable(fd: int, timeout: Optional[float]) -> None:
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    if not p.poll(None if timeout is None else int(timeout * 1000)):
+        raise OSError(errno.ETIMEDOUT, f"no data within {timeout:g} seconds")
+
+
+# ------------------------------------------------------------------ proxy
+
+
+def proxy(a: socket.socket, b: socket.socket, *, half_close: bool = True) -> Tuple[int, int]:
+    """Relay bytes both ways between two connected sockets until both end.
+
+    When one side reaches EOF, the other side's write half is shut down
+    (``half_close``), so a peer that half-closes sees its EOF while the other
+    direction keeps flowing. A reset on either side ends both directions.
+
+    Returns:
+        ``(a_to_b, b_to_a)``: the bytes delivered each way.
+
+    Raises:
+        TransferError: the first error of either direction, once both have
+            stopped (the other direction's count is in its message).
+    """
+    results: List[Any] = [None, None]
+
+    def pump(i: int, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            results[i] = splice_pipe(src, dst)
+            if half_close:
+                _shutdown(dst, socket.SHUT_WR)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            results[i] = exc
+            _shutdown(src, socket.SHUT_RDWR)
+            _shutdown(dst, socket.SHUT_RDWR)
+
+    other = threading.Thread(target=pump, args=(1, b, a), name="zcio-proxy", daemon=True)
+    other.start()
+    try:
+        pump(0, a, b)
+    finally:
+        other.join()
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return results[0], results[1]
+
+
+def _shutdown(s: socket.socket, how: int) -> None:
+    try:
+        s.shutdown(how)
+    except OSError:
+        pass
