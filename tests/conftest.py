@@ -20,15 +20,32 @@ def _open_fds() -> List[Tuple[int, str]]:
     return sorted(fds)
 
 
+def _pooled_fds() -> set:
+    """fds of the free pipes that live pools keep for reuse (bounded, not leaks)."""
+    from zcio import pipes
+
+    fds = set()
+    for pool in list(pipes._pools):
+        for p in list(pool._free):
+            fds.update((p.r, p.w))
+    return fds
+
+
 @pytest.fixture(autouse=True)
 def no_fd_leaks() -> Iterator[None]:
-    """Fail a test that leaves an fd open that was not open before it."""
+    """Fail a test that leaves an fd open that was not open before it, or a
+    pooled pipe checked out."""
+    from zcio import pipes
+
     gc.collect()
     before = set(_open_fds())
     yield
     gc.collect()
-    leaked = sorted(set(_open_fds()) - before)
+    pooled = _pooled_fds()
+    leaked = sorted(fd for fd in set(_open_fds()) - before if fd[0] not in pooled)
     assert not leaked, f"file descriptors leaked: {leaked}"
+    in_use = {repr(p): p.in_use for p in list(pipes._pools) if p.in_use}
+    assert not in_use, f"pooled pipes not returned: {in_use}"
 
 
 @pytest.fixture
