@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import platform
 import resource
+import shutil
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 from . import lowlevel
+from .streams import splice_pipe
 
 GiB = 1 << 30
 _RUSAGE = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
@@ -166,7 +171,341 @@ def _sendfile_devnull(tmp: str, quick: bool) -> Iterator[List[Contender]]:
         os.close(dst)
 
 
+# ------------------------------------------------------------ byte movers
+#
+# Receivers are fixed and identical for every contender of a case, and they
+# do not copy: a sink process splices what it receives to /dev/null and
+# answers one byte per connection once it saw EOF, so a timed run ends when
+# the bytes have really arrived. Only the moving thread's CPU is counted.
+
+_SINK = r"""
+import os, socket, sys, fcntl
+ls = socket.create_server(("127.0.0.1", 0))
+print(ls.getsockname()[1], flush=True)
+null = os.open(os.devnull, os.O_WRONLY)
+r, w = os.pipe()
+try:
+    fcntl.fcntl(w, 1031, 1 << 20)
+except OSError:
+    pass
+while True:
+    c, _ = ls.accept()
+    while True:
+        k = os.splice(c.fileno(), w, 1 << 20)
+        if k == 0:
+            break
+        while k:
+            k -= os.splice(r, null, k)
+    c.sendall(b"k")
+    c.close()
+"""
+
+# Sends `size` bytes of a file to 127.0.0.1:PORT each time a line arrives on stdin.
+_SOURCE = r"""
+import os, socket, sys
+path, port = sys.argv[1], int(sys.argv[2])
+fd = os.open(path, os.O_RDONLY)
+size = os.fstat(fd).st_size
+for line in sys.stdin:
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendfile(os.fdopen(os.dup(fd), "rb"))
+    s.close()
+    print("sent", flush=True)
+"""
+
+# Splices a pipe (the fd in argv[1]) to /dev/null until EOF.
+_PIPE_SINK = r"""
+import os, sys
+fd = int(sys.argv[1])
+null = os.open(os.devnull, os.O_WRONLY)
+while os.splice(fd, null, 1 << 20):
+    pass
+"""
+
+
+def _touch() -> None:
+    """Touch fresh memory: a VM may have handed idle pages back to its host,
+    and the first touch afterwards is slow for whichever contender comes next."""
+    bytearray(128 << 20)
+
+
+def _make_file(tmp: str, name: str, size: int) -> str:
+    path = os.path.join(tmp, name)
+    if not os.path.exists(path) or os.path.getsize(path) != size:
+        block = os.urandom(1 << 20)
+        with open(path, "wb") as f:
+            for _ in range(size >> 20):
+                f.write(block)
+            f.write(block[: size & ((1 << 20) - 1)])
+    return path
+
+
+def _size(quick: bool) -> int:
+    return (128 << 20) if quick else (512 << 20)
+
+
+class _Sink:
+    """The fixed receiving process: splices each connection to /dev/null."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _SINK], stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None
+        self.port = int(self.proc.stdout.readline())
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port))
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+def _finish(sock: socket.socket) -> None:
+    """Half-close, then wait for the sink's acknowledgement of EOF."""
+    sock.shutdown(socket.SHUT_WR)
+    if sock.recv(1) != b"k":
+        raise RuntimeError("the benchmark sink did not acknowledge")
+    sock.close()
+
+
+def _timed_send(send: Callable[[int, socket.socket], None], sink: _Sink, path: str, size: int) -> Callable[[], Sample]:
+    def run() -> Sample:
+        _touch()
+        sock = sink.connect()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            def body() -> int:
+                send(fd, sock)
+                _finish(sock)
+                return size
+
+            return measure(body)
+        finally:
+            os.close(fd)
+            sock.close()
+
+    return run
+
+
+@contextlib.contextmanager
+def _file_to_socket(tmp: str, quick: bool) -> Iterator[List[Contender]]:
+    size = _size(quick)
+    path = _make_file(tmp, "data.bin", size)
+    sink = _Sink()
+    try:
+        def z(fd: int, sock: socket.socket) -> None:
+            splice_pipe(fd, sock)
+
+        def std(fd: int, sock: socket.socket) -> None:
+            with os.fdopen(os.dup(fd), "rb") as f:
+                sock.sendfile(f)
+
+        def rw(fd: int, sock: socket.socket) -> None:
+            buf = bytearray(256 << 10)
+            view = memoryview(buf)
+            while True:
+                n = os.readv(fd, [buf])
+                if not n:
+                    return
+                sock.sendall(view[:n])
+
+        yield [
+            Contender("zcio", "zcio.splice_pipe", _timed_send(z, sink, path, size)),
+            Contender("stdlib", "socket.sendfile", _timed_send(std, sink, path, size)),
+            Contender("peer", "read + sendall", _timed_send(rw, sink, path, size)),
+        ]
+    finally:
+        sink.close()
+
+
+@contextlib.contextmanager
+def _socket_to_socket(tmp: str, quick: bool) -> Iterator[List[Contender]]:
+    """A relay: a source process sends a file to us, we relay it to the sink."""
+    size = _size(quick)
+    path = _make_file(tmp, "data.bin", size)
+    sink = _Sink()
+    listener = socket.create_server(("127.0.0.1", 0))
+    src = subprocess.Popen(
+        [sys.executable, "-c", _SOURCE, path, str(listener.getsockname()[1])],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert src.stdin is not None and src.stdout is not None
+
+    def relay(move: Callable[[socket.socket, socket.socket], int]) -> Callable[[], Sample]:
+        def run() -> Sample:
+            _touch()
+            out = sink.connect()
+            src.stdin.write("go\n")  # type: ignore[union-attr]
+            src.stdin.flush()  # type: ignore[union-attr]
+            conn, _ = listener.accept()
+            try:
+                def body() -> int:
+                    n = move(conn, out)
+                    _finish(out)
+                    return n
+
+                sample = measure(body)
+            finally:
+                conn.close()
+                out.close()
+            src.stdout.readline()  # type: ignore[union-attr]
+            if sample.units != size:
+                raise RuntimeError(f"relay moved {sample.units} of {size} bytes")
+            return sample
+
+        return run
+
+    def z(a: socket.socket, b: socket.socket) -> int:
+        return splice_pipe(a, b)
+
+    def rw(a: socket.socket, b: socket.socket) -> int:
+        buf = bytearray(256 << 10)
+        view = memoryview(buf)
+        total = 0
+        while True:
+            n = a.recv_into(buf)
+            if not n:
+                return total
+            b.sendall(view[:n])
+            total += n
+
+    def spl(a: socket.socket, b: socket.socket) -> int:
+        r, w = os.pipe()
+        try:
+            fcntl.fcntl(w, lowlevel.lib.F_SETPIPE_SZ, 1 << 20)
+        except OSError:
+            pass
+        total = 0
+        try:
+            while True:
+                n = os.splice(a.fileno(), w, 1 << 20)
+                if not n:
+                    return total
+                while n:
+                    k = os.splice(r, b.fileno(), n)
+                    n -= k
+                    total += k
+        finally:
+            os.close(r)
+            os.close(w)
+
+    try:
+        yield [
+            Contender("zcio", "zcio.splice_pipe", relay(z)),
+            Contender("stdlib", "recv_into + sendall", relay(rw)),
+            Contender("peer", "os.splice loop", relay(spl)),
+        ]
+    finally:
+        src.stdin.close()
+        src.wait()
+        src.stdout.close()
+        listener.close()
+        sink.close()
+
+
+@contextlib.contextmanager
+def _file_to_file(tmp: str, quick: bool) -> Iterator[List[Contender]]:
+    size = _size(quick)
+    path = _make_file(tmp, "data.bin", size)
+    out = os.path.join(tmp, "copy.bin")
+
+    def run(copy: Callable[[], None]) -> Callable[[], Sample]:
+        def timed() -> Sample:
+            _touch()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(out)
+
+            def body() -> int:
+                copy()
+                return size
+
+            return measure(body)
+
+        return timed
+
+    def z() -> None:
+        with open(path, "rb") as f, open(out, "wb") as g:
+            splice_pipe(f, g)
+
+    try:
+        yield [
+            Contender("zcio", "zcio.splice_pipe", run(z)),
+            Contender("stdlib", "shutil.copyfile", run(lambda: shutil.copyfile(path, out) and None)),
+        ]
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(out)
+
+
+@contextlib.contextmanager
+def _file_to_pipe(tmp: str, quick: bool) -> Iterator[List[Contender]]:
+    size = _size(quick)
+    path = _make_file(tmp, "data.bin", size)
+
+    def run(move: Callable[[int, int], None]) -> Callable[[], Sample]:
+        def timed() -> Sample:
+            _touch()
+            r, w = os.pipe()
+            try:
+                fcntl.fcntl(w, lowlevel.lib.F_SETPIPE_SZ, 1 << 20)
+            except OSError:
+                pass
+            fd = os.open(path, os.O_RDONLY)
+            sink = _spawn_pipe_sink(r)
+            os.close(r)
+            try:
+                def body() -> int:
+                    move(fd, w)
+                    os.close(w)
+                    sink.wait()
+                    return size
+
+                return measure(body)
+            finally:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.close(w)
+                sink.wait()
+
+        return timed
+
+    def z(fd: int, w: int) -> None:
+        splice_pipe(fd, w)
+
+    def spl(fd: int, w: int) -> None:
+        while os.splice(fd, w, 1 << 20):
+            pass
+
+    def rw(fd: int, w: int) -> None:
+        while True:
+            data = os.read(fd, 1 << 20)
+            if not data:
+                return
+            view = memoryview(data)
+            while view:
+                view = view[os.write(w, view) :]
+
+    yield [
+        Contender("zcio", "zcio.splice_pipe", run(z)),
+        Contender("stdlib", "os.splice loop", run(spl)),
+        Contender("peer", "os.read + os.write", run(rw)),
+    ]
+
+
+def _spawn_pipe_sink(r: int) -> "subprocess.Popen[bytes]":
+    """A process that splices the pipe's read end to /dev/null until EOF."""
+    return subprocess.Popen([sys.executable, "-c", _PIPE_SINK, str(r)], pass_fds=(r,))
+
+
 CASES: List[Case] = [
+    Case("file → TCP socket", "bytes", _file_to_socket),
+    Case("TCP → TCP relay", "bytes", _socket_to_socket),
+    Case("file → file", "bytes", _file_to_file),
+    Case("file → pipe", "bytes", _file_to_pipe),
     Case("splice 4 KiB pipe ping-pong", "calls", _splice_pingpong),
     Case("sendfile 4 KiB file→/dev/null", "calls", _sendfile_devnull),
 ]
@@ -183,7 +522,7 @@ def run_cases(
     log: Callable[[str], None] = lambda s: None,
 ) -> List[Row]:
     """Run every case's contenders interleaved for ``rounds`` rounds."""
-    rounds = rounds or (5 if quick else 9)
+    rounds = rounds or (3 if quick else 7)
     rows: List[Row] = []
     with tempfile.TemporaryDirectory(prefix="zcio-bench-") as tmp:
         for case in cases:
