@@ -289,6 +289,9 @@ typedef struct {
     int eof;
     unsigned char *buf;
     int64_t buf_pos;
+    int nwait;
+    int wait_fd[2];
+    int wait_events[2];
 } zcio_xfer;
 
 static int64_t zcio_now_ms(void)
@@ -298,32 +301,52 @@ static int64_t zcio_now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Wait until one of the fds is ready, at most ms milliseconds. For a call
- * that failed with EAGAIN on either of two fds, wait only on those that are
- * not ready now (waiting on a ready one would spin). Returns 1 when ready,
- * 0 on timeout, -errno on error (EINTR included). */
-static int zcio_wait(struct pollfd *p, int n, int ms)
+/* After EAGAIN on a call that involves two fds, narrow the wait down to the
+ * ones that are not ready now: waiting on a ready one would spin. When both
+ * look ready (the call refused all the same), keep both; the caller backs off
+ * briefly. Returns -errno if poll fails. */
+static int zcio_narrow(zcio_xfer *x)
 {
-    if (n == 2) {
-        struct pollfd q[2] = {p[0], p[1]};
-        q[0].revents = q[1].revents = 0;
-        if (poll(q, 2, 0) < 0)
-            return -errno;
-        int ready0 = q[0].revents != 0, ready1 = q[1].revents != 0;
-        if (ready0 && !ready1) {
-            p[0] = p[1];
-            n = 1;
-        } else if (ready1 && !ready0) {
-            n = 1;
-        } else if (ready0 && ready1) {
-            ms = ms < 1 ? ms : 1;  /* both look ready yet the call refused: back off briefly */
-            n = 0;
+    struct pollfd q[2];
+    int i, n = 0;
+    if (x->nwait < 2)
+        return 0;
+    for (i = 0; i < 2; i++) {
+        q[i].fd = x->wait_fd[i];
+        q[i].events = (short)x->wait_events[i];
+        q[i].revents = 0;
+    }
+    if (poll(q, 2, 0) < 0)
+        return -errno;
+    for (i = 0; i < 2; i++) {
+        if (q[i].revents == 0) {
+            x->wait_fd[n] = x->wait_fd[i];
+            x->wait_events[n] = x->wait_events[i];
+            n++;
         }
     }
-    int r = poll(n ? p : NULL, (nfds_t)n, ms);
+    if (n > 0)
+        x->nwait = n;
+    return 0;
+}
+
+/* Wait for what x->nwait/wait_fd/wait_events name, at most ms milliseconds.
+ * Returns 1 when ready, 0 on timeout, -errno on error (EINTR included). */
+static int zcio_wait(const zcio_xfer *x, int ms)
+{
+    struct pollfd p[2];
+    int i, r;
+    for (i = 0; i < x->nwait; i++) {
+        p[i].fd = x->wait_fd[i];
+        p[i].events = (short)x->wait_events[i];
+        p[i].revents = 0;
+    }
+    if (x->nwait == 2 && ms > 1)
+        ms = 1;  /* both looked ready, yet the call would block: back off */
+    r = poll(p, (nfds_t)x->nwait, ms);
     if (r < 0)
         return -errno;
-    return n == 0 ? 1 : r > 0;
+    return r > 0;
 }
 
 static int64_t zcio_want(const zcio_xfer *x)
@@ -395,14 +418,13 @@ static int64_t zcio_direct(zcio_xfer *x, int64_t want)
     return n < 0 ? -errno : n;
 }
 
-int zcio_pump(zcio_xfer *x, int64_t max_bytes, int max_ms)
+int zcio_pump(zcio_xfer *x, int64_t max_bytes, int max_ms, int may_wait)
 {
     const int64_t start = zcio_now_ms();
     int64_t moved = 0;
 
+    x->nwait = 0;
     for (;;) {
-        struct pollfd p[2];
-        int np = 0;
         int64_t n;
         int delivering = 0;
 
@@ -416,6 +438,7 @@ int zcio_pump(zcio_xfer *x, int64_t max_bytes, int max_ms)
         } else {
             n = zcio_direct(x, zcio_want(x));
         }
+
         if (n >= 0) {
             x->calls++;
             if (delivering) {
@@ -445,20 +468,27 @@ int zcio_pump(zcio_xfer *x, int64_t max_bytes, int max_ms)
         if (n != -EAGAIN && n != -EWOULDBLOCK)
             return (int)n;
 
-        /* Would block: find what to wait for. */
+        /* Would block: say what for. Delivering, or a method whose source is
+         * a file, waits on dst; taking into our own (empty) pipe or buffer
+         * waits on src; a direct splice may be blocked by either end. */
+        x->nwait = 0;
         if (delivering || x->method == ZCIO_M_SENDFILE ||
-            x->method == ZCIO_M_COPY_FILE_RANGE) {
-            p[np].fd = x->dst; p[np].events = POLLOUT; np++;
-        } else if (x->method == ZCIO_M_SPLICE) {
-            p[np].fd = x->src; p[np].events = POLLIN; np++;
-            p[np].fd = x->dst; p[np].events = POLLOUT; np++;
-        } else {
-            p[np].fd = x->src; p[np].events = POLLIN; np++;
+            x->method == ZCIO_M_COPY_FILE_RANGE || x->method == ZCIO_M_SPLICE) {
+            x->wait_fd[x->nwait] = x->dst;
+            x->wait_events[x->nwait++] = POLLOUT;
         }
+        if (!delivering && (x->method == ZCIO_M_SPLICE || x->method == ZCIO_M_PIPE ||
+                            x->method == ZCIO_M_RW)) {
+            x->wait_fd[x->nwait] = x->src;
+            x->wait_events[x->nwait++] = POLLIN;
+        }
+        int r = zcio_narrow(x);
+        if (r < 0)
+            return r;
         int64_t left = max_ms - (zcio_now_ms() - start);
-        if (left <= 0)
+        if (!may_wait || left <= 0)
             return ZCIO_WAIT;
-        int r = zcio_wait(p, np, (int)left);
+        r = zcio_wait(x, (int)left);
         if (r == -EINTR)
             return ZCIO_MORE;
         if (r < 0)

@@ -109,9 +109,13 @@ typedef struct {
     int eof;              /* src reported end of file */
     unsigned char *buf;   /* ZCIO_M_RW: buffer of chunk bytes */
     int64_t buf_pos;      /* ZCIO_M_RW: pending bytes start at buf + buf_pos */
+    int nwait;            /* with ZCIO_WAIT: what the transfer waits for */
+    int wait_fd[2];
+    int wait_events[2];   /* POLLIN or POLLOUT */
 } zcio_xfer;
 
 /* Returns ZCIO_DONE (count reached or src at EOF, nothing in flight),
  * ZCIO_MORE (a budget ran out or a signal arrived: call again), ZCIO_WAIT
- * (blocked for max_ms waiting for readiness: call again), or -errno. */
-int zcio_pump(zcio_xfer *x, int64_t max_bytes, int max_ms);
+ * (an fd is not ready: nwait/wait_fd/wait_events say which; when may_wait
+ * is set the call first waited for it for the rest of max_ms), or -errno. */
+int zcio_pump(zcio_xfer *x, int64_t max_bytes, int max_ms, int may_wait);

@@ -357,7 +357,7 @@ def _run(
             budget = _SLICE_MS
             if timeout is not None:
                 budget = max(0, min(_SLICE_MS, int(remaining() * 1000)))  # type: ignore[operator]
-            rc = lib.zcio_pump(x, max_bytes, budget)
+            rc = lib.zcio_pump(x, max_bytes, budget, 1)
             moved = (int(x.transferred), int(x.in_flight)) != before
             if moved:
                 last_progress = time.monotonic()
