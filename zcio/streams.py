@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import io
+import operator
 import os
 import select
 import socket
@@ -61,11 +62,6 @@ _UNLIMITED = 1 << 62
 _FALLBACK_ERRNOS = frozenset(
     {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV, errno.EPERM, 524}
 )
-
-
-def _falls_back(method: int, err: int) -> bool:
-    # copy_file_range answers EBADF for an O_APPEND destination.
-    return err in _FALLBACK_ERRNOS or (method == COPY_FILE_RANGE and err == errno.EBADF)
 
 
 def stats() -> dict:
@@ -131,26 +127,87 @@ def _take_buffered(reader: Any, fd: int, limit: Optional[int]) -> bytes:
 
 
 class _Transfer:
-    """One splice_pipe call: the C state, the pipe or buffer it uses, and the
-    accounting of bytes delivered before the C loop started (``prefix``)."""
+    """One transfer, from preparation to clean-up; shared by the sync
+    splice_pipe here and the one in zcio.aio, which differ only in how they
+    wait.
 
-    def __init__(self, src: int, dst: int, count: Optional[int], offset: Optional[int], pool: PipePool):
-        self.x = ffi.new("zcio_xfer *")
-        self.x.src, self.x.dst = src, dst
-        self.x.pipe_r = self.x.pipe_w = -1
-        self.x.src_off = -1 if offset is None else offset
-        self.x.remaining = -1 if count is None else count
-        self.pool = pool
+    Holds the C state, the pooled pipe or copy buffer, the plan of paths and
+    the bytes of a Python buffer that must go first (``head``). ``close()``
+    puts everything back as the caller should find it: the pipe in its pool,
+    fds' blocking modes, a buffered reader's position, a buffered writer's.
+    """
+
+    def __init__(
+        self,
+        src: FdLike,
+        dst: FdLike,
+        count: Optional[int],
+        offset: Optional[int],
+        pool: Optional[PipePool],
+        *,
+        nonblocking: bool,
+    ) -> None:
+        if count is not None:
+            count = _nonneg(count, "count")
+        if offset is not None:
+            offset = _nonneg(offset, "offset")
+        src_fd, src_obj = _resolve(src, "src")
+        dst_fd, self.dst_obj = _resolve(dst, "dst")
+        src_kind, dst_kind = _kind(src_fd), _kind(dst_fd)
+        if offset is not None and src_kind in ("pipe", "socket"):
+            raise OSError(errno.ESPIPE, f"offset given for a {src_kind} source: {os.strerror(errno.ESPIPE)}")
+        self.plan = _plan(src_kind, dst_kind)
+        if self.plan[0] != SPLICE and fcntl.fcntl(dst_fd, fcntl.F_GETFL) & os.O_APPEND:
+            # No kernel path writes to an O_APPEND file (EINVAL, or EBADF from
+            # copy_file_range); go straight to the copy and say so.
+            _stats.count_fallback("dst:O_APPEND")
+            self.plan = [RW]
+        self.dst_fd = dst_fd
+        self.pool = pool or default_pool()
         self.pipe: Optional[Pipe] = None
         self.buf: Any = None
-        self.prefix = 0  # bytes from a Python buffer, delivered before the kernel path
         self.method = 0
+        self.prefix = 0  # bytes of `head` delivered
+        self.head = b""  # an unseekable buffered reader's bytes, delivered first
+        self.seek_src: Any = None  # a seekable buffered reader, seek()-ed to the true end
+        self.restore: List[int] = []  # fds to switch back to blocking
+
+        if self.dst_obj is not None and hasattr(self.dst_obj, "flush") and not isinstance(self.dst_obj, socket.socket):
+            self.dst_obj.flush()
+        if offset is None and src_obj is not None and _is_buffered(src_obj):
+            if src_obj.seekable():
+                offset = src_obj.tell()
+                self.seek_src = src_obj
+            else:
+                self.head = _take_buffered(src_obj, src_fd, count)
+                if count is not None:
+                    count -= len(self.head)
+        if nonblocking:
+            for fd in {src_fd, dst_fd}:
+                if os.get_blocking(fd):
+                    os.set_blocking(fd, False)
+                    self.restore.append(fd)
+
+        self.x = x = ffi.new("zcio_xfer *")
+        x.src, x.dst = src_fd, dst_fd
+        x.pipe_r = x.pipe_w = -1
+        x.src_off = -1 if offset is None else offset
+        x.remaining = -1 if count is None else count
+        self._methods = iter(self.plan)
+        if not self._next_method():  # pragma: no cover - RW always works
+            raise AssertionError("no usable path")
 
     @property
     def transferred(self) -> int:
         return self.prefix + int(self.x.transferred)
 
-    def use(self, method: int) -> bool:
+    def _next_method(self) -> bool:
+        for method in self._methods:
+            if self._use(method):
+                return True
+        return False
+
+    def _use(self, method: int) -> bool:
         """Switch to ``method``; False when it cannot be used (no pipe free)."""
         x = self.x
         if method == PIPE:
@@ -176,39 +233,58 @@ class _Transfer:
         x.method = self.method = method
         return True
 
+    def fall_back(self, err: int) -> bool:
+        """After the kernel refused the current path with ``err``: move to the
+        next one if that loses nothing, and say whether it did."""
+        x = self.x
+        method = self.method
+        refused = err in _FALLBACK_ERRNOS or (method == COPY_FILE_RANGE and err == errno.EBADF)
+        # Only while nothing reached dst; a chunk in our pipe can be carried.
+        if not refused or x.transferred or (x.in_flight and method != PIPE):
+            return False
+        if not self._next_method():
+            return False
+        _stats.count_fallback(f"{PATH_NAMES[method]}:{errno.errorcode.get(err, err)}")
+        return True
+
+    def error(self, err: int) -> TransferError:
+        return transfer_error(err, self.transferred, self.pending())
+
     def pending(self) -> bytes:
-        """Recover the bytes taken from src and not delivered."""
+        """Recover the bytes taken from src and not delivered (head included)."""
+        head = self.head[self.prefix :]
         n = int(self.x.in_flight)
         if n == 0:
-            return b""
+            return head
         if self.method == PIPE and self.pipe is not None:
             data = self.pipe.drain(n)
         else:
             start = int(self.x.buf_pos)
             data = bytes(ffi.buffer(self.buf)[start : start + n])
         self.x.in_flight -= len(data)
-        return data
+        return head + data
+
+    def interrupted(self, exc: BaseException) -> None:
+        """Record the accounting on an exception that is not ours."""
+        _stats.count_transfer("interrupted")
+        exc.transferred = self.transferred  # type: ignore[attr-defined]
+        exc.pending = self.pending()  # type: ignore[attr-defined]
 
     def close(self) -> None:
-        if self.pipe is not None:
-            self.pool.release(self.pipe)
-            self.pipe = None
         x = self.x
-        if x.calls or x.transferred:
-            _stats.count_path(PATH_NAMES.get(self.method, "?"), int(x.transferred), int(x.calls))
-
-
-def _write_all(fd: int, data: bytes, deadline: Callable[[], Optional[float]]) -> int:
-    """Write ``data`` to fd (waiting on EAGAIN); returns bytes written before
-    an error, which is raised as TransferError by the caller."""
-    view = memoryview(data)
-    done = 0
-    while done < len(view):
         try:
-            done += os.write(fd, view[done:])
-        except BlockingIOError:
-            _poll(fd, select.POLLOUT, deadline())
-    return done
+            if self.pipe is not None:
+                self.pool.release(self.pipe)
+                self.pipe = None
+            if x.calls or x.transferred:
+                _stats.count_path(PATH_NAMES.get(self.method, "?"), int(x.transferred), int(x.calls))
+        finally:
+            for fd in self.restore:
+                os.set_blocking(fd, True)
+            if self.seek_src is not None:
+                self.seek_src.seek(int(x.src_off))
+            if self.dst_obj is not None and _is_buffered(self.dst_obj) and self.dst_obj.seekable():
+                self.dst_obj.seek(os.lseek(self.dst_fd, 0, os.SEEK_CUR))
 
 
 def _poll(fd: int, events: int, timeout: Optional[float]) -> None:
@@ -262,74 +338,23 @@ def splice_pipe(
             ``progress``): propagates with ``transferred`` and ``pending``
             attributes set on it.
     """
-    if count is not None:
-        count = _nonneg(count, "count")
-    if offset is not None:
-        offset = _nonneg(offset, "offset")
     if timeout is not None and timeout < 0:
         raise ValueError(f"timeout must be None or >= 0, got {timeout}")
-    src_fd, src_obj = _resolve(src, "src")
-    dst_fd, dst_obj = _resolve(dst, "dst")
-    src_kind, dst_kind = _kind(src_fd), _kind(dst_fd)
-    if offset is not None and src_kind in ("pipe", "socket"):
-        raise OSError(errno.ESPIPE, f"offset given for a {src_kind} source: {os.strerror(errno.ESPIPE)}")
-
-    if dst_obj is not None and hasattr(dst_obj, "flush") and not isinstance(dst_obj, socket.socket):
-        dst_obj.flush()
-    seek_src = None  # a seekable buffered reader, seek()-ed to the true end afterwards
-    prefix = b""
-    if offset is None and src_obj is not None and _is_buffered(src_obj):
-        if src_obj.seekable():
-            offset = src_obj.tell()
-            seek_src = src_obj
-        else:
-            prefix = _take_buffered(src_obj, src_fd, count)
-            if count is not None:
-                count -= len(prefix)
-
-    restore: List[int] = []
-    if timeout is not None:
-        for fd in {src_fd, dst_fd}:
-            if os.get_blocking(fd):
-                os.set_blocking(fd, False)
-                restore.append(fd)
-    plan = _plan(src_kind, dst_kind)
-    if plan[0] != SPLICE and fcntl.fcntl(dst_fd, fcntl.F_GETFL) & os.O_APPEND:
-        # No kernel path writes to an O_APPEND file (EINVAL, or EBADF from
-        # copy_file_range); go straight to the copy and say so.
-        _stats.count_fallback("dst:O_APPEND")
-        plan = [RW]
-    t = _Transfer(src_fd, dst_fd, count, offset, pool or default_pool())
+    t = _Transfer(src, dst, count, offset, pool, nonblocking=timeout is not None)
     try:
-        return _run(t, plan, prefix, timeout, progress)
+        return _run(t, timeout, progress)
     finally:
-        try:
-            t.close()
-        finally:
-            for fd in restore:
-                os.set_blocking(fd, True)
-            if seek_src is not None:
-                seek_src.seek(int(t.x.src_off))
-            if dst_obj is not None and _is_buffered(dst_obj) and dst_obj.seekable():
-                dst_obj.seek(os.lseek(dst_fd, 0, os.SEEK_CUR))
+        t.close()
 
 
 def _nonneg(value: int, name: str) -> int:
-    import operator
-
     value = operator.index(value)
     if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
     return value
 
 
-def _run(
-    t: _Transfer,
-    plan: List[int],
-    prefix: bytes,
-    timeout: Optional[float],
-    progress: Optional[Progress],
-) -> int:
+def _run(t: _Transfer, timeout: Optional[float], progress: Optional[Progress]) -> int:
     x = t.x
     last_progress = time.monotonic()
 
@@ -337,21 +362,21 @@ def _run(
         return None if timeout is None else max(0.0, last_progress + timeout - time.monotonic())
 
     try:
-        if prefix:
-            written = 0
-            try:
-                written = _write_all(x.dst, prefix, remaining)
-            except OSError as exc:
-                raise transfer_error(exc.errno or errno.EIO, written, prefix[written:]) from exc
-            finally:
-                t.prefix = written
+        if t.head:
+            view = memoryview(t.head)
+            while t.prefix < len(view):
+                try:
+                    t.prefix += os.write(x.dst, view[t.prefix :])
+                    last_progress = time.monotonic()
+                except BlockingIOError:
+                    _poll(x.dst, select.POLLOUT, remaining())
+                    if remaining() == 0:
+                        raise transfer_timeout(t.transferred, t.pending(), timeout or 0) from None
+                except OSError as exc:
+                    raise t.error(exc.errno or errno.EIO) from None
             if progress is not None:
                 progress(t.transferred)
         max_bytes = (64 << 20) if progress is not None else _UNLIMITED
-        methods = iter(plan)
-        method = next(methods)
-        while not t.use(method):
-            method = next(methods)
         while True:
             before = (int(x.transferred), int(x.in_flight))
             budget = _SLICE_MS
@@ -364,16 +389,9 @@ def _run(
             if rc == _DONE:
                 break
             if rc < 0:
-                err = -rc
-                if _falls_back(method, err) and x.transferred == 0 and (x.in_flight == 0 or method == PIPE):
-                    nxt = next(methods, None)
-                    while nxt is not None and not t.use(nxt):
-                        nxt = next(methods, None)
-                    if nxt is not None:
-                        _stats.count_fallback(f"{PATH_NAMES[method]}:{errno.errorcode.get(err, err)}")
-                        method = nxt
-                        continue
-                raise transfer_error(err, t.transferred, t.pending())
+                if t.fall_back(-rc):
+                    continue
+                raise t.error(-rc)
             if timeout is not None and not moved and remaining() == 0:
                 raise transfer_timeout(t.transferred, t.pending(), timeout)
             if progress is not None and moved:
@@ -386,9 +404,7 @@ def _run(
     except BaseException as exc:
         # A signal handler's exception (KeyboardInterrupt) or progress's:
         # nothing taken from src may vanish, so say where it is.
-        _stats.count_transfer("interrupted")
-        exc.transferred = t.transferred  # type: ignore[attr-defined]
-        exc.pending = t.pending()  # type: ignore[attr-defined]
+        t.interrupted(exc)
         raise
     _stats.count_transfer("completed")
     return t.transferred
