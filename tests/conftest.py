@@ -9,6 +9,23 @@ from typing import Callable, Iterator, List, Tuple
 import pytest
 
 
+def _warm_up_event_loops() -> None:
+    """uvloop opens a process-wide pipe with its first loop and keeps it; open
+    it before any test so that it is not counted as a leak."""
+    try:
+        import asyncio
+
+        import uvloop
+    except ImportError:
+        return
+    loop = uvloop.new_event_loop()
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+
+
+_warm_up_event_loops()
+
+
 def _open_fds() -> List[Tuple[int, str]]:
     fds = []
     for name in os.listdir("/proc/self/fd"):

@@ -1,0 +1,306 @@
+"""asyncio versions of zcio's stream movers, for raw non-blocking fds.
+
+Shaped like ``loop.sock_sendfile``: pass non-blocking sockets, pipes or
+files (not transports). Readiness comes from the running loop's
+``add_reader``/``add_writer``, so these run on the stdlib loop and on uvloop
+alike, and the loop is never blocked waiting: each step of the C loop runs
+until the kernel would block or a slice of ~2 ms / 8 MiB is used, then
+yields. Regular files are read in the loop as ``loop.sock_sendfile`` does.
+
+Like the sync functions, nothing is lost: an error raises TransferError with
+``transferred`` and ``pending``; a cancellation ends in CancelledError with
+the same two attributes set, and a buffered reader's position is ``seek()``-ed
+to the true end.
+
+As with ``loop.sock_recv`` and friends, the fds are registered with the loop
+only while a call waits on them; do not use the same fd with another reader
+or writer of the loop at the same time.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import select
+import socket
+import stat
+from typing import IO, Any, Callable, List, Optional, Tuple, Union
+
+from . import _stats
+from ._binding import lib
+from ._errors import TransferError, transfer_error
+from .lowlevel import SPLICE_F_NONBLOCK, FdLike, splice, tee
+from .pipes import Pipe, PipePool, default_pool
+from .streams import _FALLBACK_ERRNOS, _nonneg, _resolve, _Transfer
+
+__all__ = ["splice_pipe", "sendfile", "tee_pipe", "proxy"]
+
+_DONE, _MORE, _WAIT = lib.ZCIO_DONE, lib.ZCIO_MORE, lib.ZCIO_WAIT
+_SLICE_MS = 2
+_SLICE_BYTES = 8 << 20
+
+Progress = Callable[[int], Any]
+
+
+async def _ready(fds: List[Tuple[int, int]]) -> None:
+    """Wait until one of ``(fd, POLLIN|POLLOUT)`` is ready, via the loop."""
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+
+    def wake() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    added: List[Tuple[Callable[[int], Any], int]] = []
+    try:
+        for fd, events in fds:
+            if events & select.POLLIN:
+                loop.add_reader(fd, wake)
+                added.append((loop.remove_reader, fd))
+            else:
+                loop.add_writer(fd, wake)
+                added.append((loop.remove_writer, fd))
+        await fut
+    finally:
+        for remove, fd in added:
+            remove(fd)
+
+
+def _check_nonblocking(fd: int, name: str) -> None:
+    """Sockets and pipes must be non-blocking: a blocking one would stall the
+    loop. Files and devices are used as they are (as loop.sock_sendfile does)."""
+    mode = os.fstat(fd).st_mode
+    if (stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode)) and os.get_blocking(fd):
+        raise ValueError(f"{name} must be non-blocking (call setblocking(False) or os.set_blocking)")
+
+
+async def splice_pipe(
+    src: FdLike,
+    dst: FdLike,
+    count: Optional[int] = None,
+    *,
+    offset: Optional[int] = None,
+    progress: Optional[Progress] = None,
+    pool: Optional[PipePool] = None,
+) -> int:
+    """Move bytes from ``src`` to ``dst`` without blocking the event loop.
+
+    The same paths, fallbacks and accounting as :func:`zcio.splice_pipe`;
+    sockets and pipes must be non-blocking. For a timeout, wrap the call in
+    ``asyncio.wait_for`` / ``asyncio.timeout``: the CancelledError it sees
+    carries ``transferred`` and ``pending``.
+
+    Returns:
+        The number of bytes that reached ``dst``.
+
+    Raises:
+        TransferError: with ``transferred`` and ``pending``.
+        ValueError: a blocking socket or pipe, a negative count or offset.
+        asyncio.CancelledError: with ``transferred`` and ``pending`` set.
+    """
+    t = _Transfer(src, dst, count, offset, pool, nonblocking=False)
+    try:
+        _check_nonblocking(t.x.src, "src")
+        _check_nonblocking(t.x.dst, "dst")
+        return await _run(t, progress)
+    finally:
+        t.close()
+
+
+async def _run(t: _Transfer, progress: Optional[Progress]) -> int:
+    x = t.x
+    try:
+        while t.prefix < len(t.head):
+            try:
+                t.prefix += os.write(x.dst, memoryview(t.head)[t.prefix :])
+            except BlockingIOError:
+                await _ready([(x.dst, select.POLLOUT)])
+            except OSError as exc:
+                raise t.error(exc.errno or errno.EIO) from None
+        while True:
+            before = int(x.transferred)
+            rc = lib.zcio_pump(x, _SLICE_BYTES, _SLICE_MS, 0)
+            if rc == _DONE:
+                break
+            if rc < 0:
+                if t.fall_back(-rc):
+                    continue
+                raise t.error(-rc)
+            if progress is not None and int(x.transferred) != before:
+                progress(t.transferred)
+            if rc == _WAIT:
+                await _ready([(x.wait_fd[i], x.wait_events[i]) for i in range(x.nwait)])
+            else:
+                await asyncio.sleep(0)  # a slice is used up: let others run
+        if progress is not None:
+            progress(t.transferred)
+    except TransferError:
+        _stats.count_transfer("failed")
+        raise
+    except BaseException as exc:
+        t.interrupted(exc)
+        raise
+    _stats.count_transfer("completed")
+    return t.transferred
+
+
+async def sendfile(
+    sock: FdLike, file: Union[IO[bytes], int], offset: int = 0, count: Optional[int] = None
+) -> int:
+    """Send a file over a non-blocking socket, like ``loop.sock_sendfile``.
+
+    Args:
+        sock: a connected, non-blocking stream socket.
+        file: a regular file opened in binary mode (or its fd).
+        offset: where in the file to start.
+        count: bytes to send; None sends to the end of the file.
+
+    Returns:
+        The number of bytes sent. A file object's position is set to
+        ``offset`` plus that number (also on error or cancellation).
+    """
+    offset = _nonneg(offset, "offset")
+    sent = 0
+    try:
+        sent = await splice_pipe(file, sock, count, offset=offset)
+        return sent
+    except BaseException as exc:
+        sent = getattr(exc, "transferred", 0)
+        raise
+    finally:
+        if not isinstance(file, int) and hasattr(file, "seek"):
+            file.seek(offset + sent)
+
+
+# ------------------------------------------------------------------ tee
+
+
+async def _fill(src: int, pipe: Pipe, want: int) -> int:
+    """One splice (or read and write) from src into the empty pipe; 0 at EOF."""
+    while True:
+        try:
+            return splice(src, pipe.w, want, flags=SPLICE_F_NONBLOCK)
+        except BlockingIOError:
+            await _ready([(src, select.POLLIN)])
+        except OSError as exc:
+            if exc.errno not in _FALLBACK_ERRNOS:
+                raise
+            break
+    while True:
+        try:
+            data = os.read(src, want)
+            break
+        except BlockingIOError:
+            await _ready([(src, select.POLLIN)])
+    os.write(pipe.w, data)  # the pipe is empty and holds `want` bytes
+    return len(data)
+
+
+async def tee_pipe(src: FdLike, dst: FdLike, mirror: FdLike, count: Optional[int] = None) -> int:
+    """Every byte of ``src`` to ``dst``, and a copy to ``mirror`` (tee()).
+
+    The asyncio twin of :func:`zcio.tee_pipe`; fds must be non-blocking.
+
+    Returns:
+        The bytes that reached ``dst`` (the mirror got the same).
+
+    Raises:
+        TransferError: ``transferred`` counts bytes that reached dst,
+            ``pending`` the bytes taken from src that did not.
+    """
+    if count is not None:
+        count = _nonneg(count, "count")
+    src_fd = _resolve(src, "src")[0]
+    dst_fd = _resolve(dst, "dst")[0]
+    mirror_fd = _resolve(mirror, "mirror")[0]
+    for fd, name in ((src_fd, "src"), (dst_fd, "dst"), (mirror_fd, "mirror")):
+        _check_nonblocking(fd, name)
+    size = default_pool().pipe_size
+    total = 0
+    with Pipe() as main, Pipe() as copy:
+        for p in (main, copy):
+            try:
+                p.size = size
+            except OSError:
+                pass
+        try:
+            while count is None or total < count:
+                want = main.size if count is None else min(main.size, count - total)
+                n = await _fill(src_fd, main, want)
+                if n == 0:
+                    break
+                duplicated = 0
+                while duplicated < n:
+                    duplicated += tee(main.r, copy.w, n - duplicated)
+                await splice_pipe(copy.r, mirror_fd, n)
+                try:
+                    total += await splice_pipe(main.r, dst_fd, n)
+                except TransferError as exc:
+                    total += exc.transferred
+                    raise
+        except OSError as exc:
+            raise transfer_error(exc.errno or errno.EIO, total, main.drain()) from exc
+        except BaseException as exc:
+            exc.transferred = total  # type: ignore[attr-defined]
+            exc.pending = main.drain()  # type: ignore[attr-defined]
+            raise
+    return total
+
+
+# ------------------------------------------------------------------ proxy
+
+
+async def proxy(a: socket.socket, b: socket.socket, *, half_close: bool = True) -> Tuple[int, int]:
+    """Relay both ways between two connected non-blocking sockets until both end.
+
+    EOF on one side shuts down the write half of the other (``half_close``);
+    an error on either side (a reset) shuts both sockets down so the other
+    direction ends too.
+
+    Returns:
+        ``(a_to_b, b_to_a)``.
+
+    Raises:
+        TransferError: the first error, once both directions stopped.
+        asyncio.CancelledError: both directions are cancelled; each count is
+            on the exception as ``transferred`` (a tuple) and ``pending``
+            (a tuple of the two directions' pending bytes).
+    """
+
+    async def one_way(src: socket.socket, dst: socket.socket) -> int:
+        try:
+            n = await splice_pipe(src, dst)
+        except TransferError:
+            for s in (src, dst):
+                _shutdown(s, socket.SHUT_RDWR)
+            raise
+        if half_close:
+            _shutdown(dst, socket.SHUT_WR)
+        return n
+
+    ab = asyncio.ensure_future(one_way(a, b))
+    ba = asyncio.ensure_future(one_way(b, a))
+    try:
+        results = await asyncio.gather(ab, ba, return_exceptions=True)
+    except asyncio.CancelledError as exc:
+        for task in (ab, ba):
+            task.cancel()
+        done = await asyncio.gather(ab, ba, return_exceptions=True)
+        exc.transferred = tuple(_count(r) for r in done)  # type: ignore[attr-defined]
+        exc.pending = tuple(getattr(r, "pending", b"") for r in done)  # type: ignore[attr-defined]
+        raise
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return results[0], results[1]  # type: ignore[return-value]
+
+
+def _count(r: Any) -> int:
+    return r if isinstance(r, int) else int(getattr(r, "transferred", 0))
+
+
+def _shutdown(s: socket.socket, how: int) -> None:
+    try:
+        s.shutdown(how)
+    except OSError:
+        pass
