@@ -13,7 +13,7 @@ import pytest
 import zcio
 from zcio import aio
 
-from .test_streams import payload
+from test_streams import payload
 
 LOOPS = ["asyncio"]
 try:
