@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import os
+import signal
 import stat
 import sys
 from typing import Any, Dict, List, Optional
@@ -74,7 +77,53 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--timeout", type=float, default=None, help="give up after this many seconds without progress")
     c.add_argument("--progress", dest="progress", action="store_true", default=None, help="show a progress bar (default: when stderr is a terminal)")
     c.add_argument("--no-progress", dest="progress", action="store_false")
+    x = sub.add_parser("proxy", help="relay TCP connections from LISTEN to TARGET with splice")
+    x.add_argument("listen", metavar="LISTEN", help="host:port or port (127.0.0.1) to accept on")
+    x.add_argument("target", metavar="TARGET", help="host:port or port (127.0.0.1) to connect to")
+    x.add_argument("--max-connections", type=int, default=1000, help="most clients relayed at once (default 1000)")
+    x.add_argument("--uvloop", action="store_true", help="run on uvloop (if installed)")
+    x.add_argument("-v", "--verbose", action="store_true", help="log each connection to stderr")
     return p
+
+
+def _event_loop(use_uvloop: bool) -> "asyncio.AbstractEventLoop":
+    if use_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            raise SystemExit("--uvloop: uvloop is not installed (pip install uvloop)")
+        return uvloop.new_event_loop()  # type: ignore[no-any-return]
+    return asyncio.new_event_loop()
+
+
+def proxy(args: argparse.Namespace) -> int:
+    """``zcio proxy``: run a Relay until SIGINT or SIGTERM."""
+    from .relay import Relay, parse_address
+
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    relay = Relay(parse_address(args.listen), parse_address(args.target), max_connections=args.max_connections)
+
+    async def run() -> None:
+        await relay.start()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        host, port = relay.address
+        print(f"zcio proxy: {host}:{port} -> {args.target}", file=sys.stderr, flush=True)
+        server = asyncio.ensure_future(relay.serve_forever())
+        await stop.wait()
+        server.cancel()
+        await relay.close()
+        await asyncio.gather(server, return_exceptions=True)
+
+    loop = _event_loop(args.uvloop)
+    try:
+        loop.run_until_complete(run())
+    finally:
+        loop.close()
+    return 0
 
 
 def copy(args: argparse.Namespace) -> int:
@@ -129,6 +178,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             return copy(args)
         except OSError as exc:
             print(f"zcio copy: {exc}", file=sys.stderr)
+            return 1
+    if args.command == "proxy":
+        try:
+            return proxy(args)
+        except (OSError, ValueError) as exc:
+            print(f"zcio proxy: {exc}", file=sys.stderr)
             return 1
     raise AssertionError(args.command)  # pragma: no cover - argparse rejects others
 
