@@ -13,6 +13,8 @@ with a message; --install fetches them from Debian's packages (apt-get).
 
 Relays under test:
 - zcio: ``zcio.proxy`` (splice through pooled pipes), one thread per direction;
+- zcio proxy: the ``zcio proxy`` command (zcio.aio.proxy on asyncio, and on
+  uvloop where installed);
 - os.splice: a Python relay built on ``os.splice`` alone (same threads);
 - recv_into/sendall: a Python relay that copies through user space;
 - haproxy: ``mode tcp`` with ``option splice-request`` and
@@ -22,6 +24,7 @@ Relays under test:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import socket
@@ -201,6 +204,14 @@ def start_relays(tmp: str, target: int) -> Dict[str, "tuple[subprocess.Popen, in
     for mode, label in (("zcio", "zcio.proxy"), ("splice", "os.splice relay"), ("copy", "recv_into/sendall")):
         port = free_port()
         p = subprocess.Popen([sys.executable, "-c", PY_RELAY, mode, str(port), str(target)], stdout=subprocess.DEVNULL)
+        relays[label] = (p, port)
+    for flags, label in (([], "zcio proxy (asyncio)"), (["--uvloop"], "zcio proxy (uvloop)")):
+        if flags and importlib.util.find_spec("uvloop") is None:
+            print("uvloop: not installed, 'zcio proxy --uvloop' skipped", file=sys.stderr)
+            continue
+        port = free_port()
+        p = subprocess.Popen([sys.executable, "-m", "zcio", "proxy", *flags, str(port), str(target)],
+                             stderr=subprocess.DEVNULL)
         relays[label] = (p, port)
     haproxy = shutil.which("haproxy")
     if haproxy:

@@ -24,7 +24,7 @@ import os
 import select
 import socket
 import stat
-from typing import IO, Any, Callable, List, Optional, Tuple, Union
+from typing import IO, Any, Callable, Dict, List, Optional, Tuple, Union
 
 from . import _stats
 from ._binding import lib
@@ -42,28 +42,55 @@ _SLICE_BYTES = 8 << 20
 Progress = Callable[[int], Any]
 
 
-async def _ready(fds: List[Tuple[int, int]]) -> None:
-    """Wait until one of ``(fd, POLLIN|POLLOUT)`` is ready, via the loop."""
-    loop = asyncio.get_running_loop()
-    fut = loop.create_future()
+class _Waiter:
+    """Waits for fd readiness through the running loop's add_reader and
+    add_writer, keeping a registration from one wait to the next when the
+    same (fd, event) is wanted again: a relay waits on the same socket over
+    and over, and each registration costs the loop a system call or two.
+    Registrations not wanted by the current wait are dropped, so a ready fd
+    nobody waits for cannot make the loop spin. ``close()`` drops them all.
+    """
 
-    def wake() -> None:
-        if not fut.done():
-            fut.set_result(None)
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.registered: Dict[Tuple[int, int], Callable[[int], Any]] = {}
+        self.fut: Optional["asyncio.Future[None]"] = None
 
-    added: List[Tuple[Callable[[int], Any], int]] = []
-    try:
-        for fd, events in fds:
-            if events & select.POLLIN:
-                loop.add_reader(fd, wake)
-                added.append((loop.remove_reader, fd))
-            else:
-                loop.add_writer(fd, wake)
-                added.append((loop.remove_writer, fd))
-        await fut
-    finally:
-        for remove, fd in added:
+    def _wake(self) -> None:
+        if self.fut is not None and not self.fut.done():
+            self.fut.set_result(None)
+
+    async def wait(self, wanted: List[Tuple[int, int]]) -> None:
+        for key in [k for k in self.registered if k not in wanted]:
+            self.registered.pop(key)(key[0])
+        for key in wanted:
+            if key not in self.registered:
+                fd, events = key
+                if events & select.POLLIN:
+                    self.loop.add_reader(fd, self._wake)
+                    self.registered[key] = self.loop.remove_reader
+                else:
+                    self.loop.add_writer(fd, self._wake)
+                    self.registered[key] = self.loop.remove_writer
+        self.fut = self.loop.create_future()
+        try:
+            await self.fut
+        finally:
+            self.fut = None
+
+    def close(self) -> None:
+        for (fd, _), remove in self.registered.items():
             remove(fd)
+        self.registered.clear()
+
+
+async def _ready(fds: List[Tuple[int, int]]) -> None:
+    """Wait once until one of ``(fd, POLLIN|POLLOUT)`` is ready."""
+    waiter = _Waiter()
+    try:
+        await waiter.wait(fds)
+    finally:
+        waiter.close()
 
 
 def _check_nonblocking(fd: int, name: str) -> None:
@@ -109,6 +136,7 @@ async def splice_pipe(
 
 async def _run(t: _Transfer, progress: Optional[Progress]) -> int:
     x = t.x
+    waiter = _Waiter()
     try:
         while t.prefix < len(t.head):
             try:
@@ -129,7 +157,7 @@ async def _run(t: _Transfer, progress: Optional[Progress]) -> int:
             if progress is not None and int(x.transferred) != before:
                 progress(t.transferred)
             if rc == _WAIT:
-                await _ready([(x.wait_fd[i], x.wait_events[i]) for i in range(x.nwait)])
+                await waiter.wait([(x.wait_fd[i], x.wait_events[i]) for i in range(x.nwait)])
             else:
                 await asyncio.sleep(0)  # a slice is used up: let others run
         if progress is not None:
@@ -140,6 +168,8 @@ async def _run(t: _Transfer, progress: Optional[Progress]) -> int:
     except BaseException as exc:
         t.interrupted(exc)
         raise
+    finally:
+        waiter.close()
     _stats.count_transfer("completed")
     return t.transferred
 
