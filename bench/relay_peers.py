@@ -238,7 +238,7 @@ def start_relays(tmp: str, target: int) -> Dict[str, "tuple[subprocess.Popen, in
         )
     else:
         print("go: not installed, skipped (run with --install)", file=sys.stderr)
-    for label, (_, port) in relays.items():
+    for _, port in relays.values():
         wait_port(port)
     return relays
 

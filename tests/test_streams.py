@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import errno
-import io
 import os
 import signal
 import socket

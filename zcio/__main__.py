@@ -91,8 +91,8 @@ def _event_loop(use_uvloop: bool) -> "asyncio.AbstractEventLoop":
         try:
             import uvloop
         except ImportError:
-            raise SystemExit("--uvloop: uvloop is not installed (pip install uvloop)")
-        return uvloop.new_event_loop()  # type: ignore[no-any-return]
+            raise SystemExit("--uvloop: uvloop is not installed (pip install uvloop)") from None
+        return uvloop.new_event_loop()
     return asyncio.new_event_loop()
 
 

@@ -18,7 +18,7 @@ if not sys.platform.startswith("linux"):
     )
 
 try:
-    from ._zcio import ffi as _ffi, lib as _lib
+    from ._zcio import ffi as _ffi, lib as _lib  # type: ignore[import-not-found]
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(
         "zcio's C extension (zcio._zcio) is not built. Install zcio with "

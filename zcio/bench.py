@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 from . import lowlevel
+from ._binding import lib
 from .streams import splice_pipe
 
 GiB = 1 << 30
@@ -376,7 +377,7 @@ def _socket_to_socket(tmp: str, quick: bool) -> Iterator[List[Contender]]:
     def spl(a: socket.socket, b: socket.socket) -> int:
         r, w = os.pipe()
         try:
-            fcntl.fcntl(w, lowlevel.lib.F_SETPIPE_SZ, 1 << 20)
+            fcntl.fcntl(w, lib.F_SETPIPE_SZ, 1 << 20)
         except OSError:
             pass
         total = 0
@@ -431,10 +432,13 @@ def _file_to_file(tmp: str, quick: bool) -> Iterator[List[Contender]]:
         with open(path, "rb") as f, open(out, "wb") as g:
             splice_pipe(f, g)
 
+    def std() -> None:
+        shutil.copyfile(path, out)
+
     try:
         yield [
             Contender("zcio", "zcio.splice_pipe", run(z)),
-            Contender("stdlib", "shutil.copyfile", run(lambda: shutil.copyfile(path, out) and None)),
+            Contender("stdlib", "shutil.copyfile", run(std)),
         ]
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -451,7 +455,7 @@ def _file_to_pipe(tmp: str, quick: bool) -> Iterator[List[Contender]]:
             _touch()
             r, w = os.pipe()
             try:
-                fcntl.fcntl(w, lowlevel.lib.F_SETPIPE_SZ, 1 << 20)
+                fcntl.fcntl(w, lib.F_SETPIPE_SZ, 1 << 20)
             except OSError:
                 pass
             fd = os.open(path, os.O_RDONLY)

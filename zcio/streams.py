@@ -22,7 +22,7 @@ import socket
 import stat
 import threading
 import time
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import _stats
 from ._binding import ffi, lib
@@ -64,7 +64,7 @@ _FALLBACK_ERRNOS = frozenset(
 )
 
 
-def stats() -> dict:
+def stats() -> Dict[str, Any]:
     """Process-wide counters: bytes and calls per path, fallbacks by reason,
     transfers by outcome, and pipes (created, destroyed, exhausted, in use,
     free)."""
