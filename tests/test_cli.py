@@ -74,10 +74,14 @@ def test_bench_json_small_call_cases():
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     rows = doc["results"]
-    assert {r["label"] for r in rows} == {"zcio.splice", "os.splice"}
     z = next(r for r in rows if r["role"] == "zcio")
     assert z["ns_per_call"] > 0 and z["samples"] == 2
-    assert z["time_ratio"] > 0
+    if hasattr(os, "splice"):
+        assert {r["label"] for r in rows} == {"zcio.splice", "os.splice"}
+        assert z["time_ratio"] > 0
+    else:  # os.splice is 3.10+: no baseline to compare with
+        assert {r["label"] for r in rows} == {"zcio.splice"}
+        assert "time_ratio" not in z
 
 
 def test_bench_unknown_case_is_an_error():

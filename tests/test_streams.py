@@ -330,9 +330,21 @@ def test_fallback_proc_file_source(tmp_path):
     assert after.get("sendfile:EINVAL", 0) > before.get("sendfile:EINVAL", 0)
 
 
+def _eventfd(initval: int) -> int:
+    if hasattr(os, "eventfd"):  # Python 3.10+
+        return os.eventfd(initval)
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.eventfd(initval, 0)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "eventfd")
+    return int(fd)
+
+
 def test_fallback_fd_type_without_splice_support(pipe):
     """eventfd supports neither splice_read nor splice_write."""
-    efd = os.eventfd(5)
+    efd = _eventfd(5)
     try:
         r, w = pipe()
         before = zcio.stats()["fallbacks"]

@@ -33,7 +33,7 @@ from .lowlevel import SPLICE_F_NONBLOCK, FdLike, splice, tee
 from .pipes import Pipe, PipePool, default_pool
 from .streams import _FALLBACK_ERRNOS, _nonneg, _resolve, _Transfer
 
-__all__ = ["splice_pipe", "sendfile", "tee_pipe", "proxy"]
+__all__ = ["Transfer", "splice_pipe", "sendfile", "tee_pipe", "proxy"]
 
 _DONE, _MORE, _WAIT = lib.ZCIO_DONE, lib.ZCIO_MORE, lib.ZCIO_WAIT
 _SLICE_MS = 2
@@ -101,6 +101,61 @@ def _check_nonblocking(fd: int, name: str) -> None:
         raise ValueError(f"{name} must be non-blocking (call setblocking(False) or os.set_blocking)")
 
 
+class Transfer:
+    """One asyncio transfer whose accounting outlives it.
+
+    ``await Transfer(src, dst, ...)`` (or ``await transfer.run()``) does what
+    :func:`splice_pipe` does; afterwards -- completed, failed or cancelled --
+    ``transferred`` and ``pending`` say where every byte taken from src went.
+    (The exceptions carry the same two attributes, but before Python 3.11 a
+    task's awaiter receives a fresh CancelledError without them: keep the
+    Transfer to read them on every version.)
+
+    Attributes:
+        transferred: bytes that reached dst so far (final once ``finished``).
+        pending: bytes taken from src and not delivered, once finished.
+        finished: the run ended (by completion, error or cancellation).
+    """
+
+    def __init__(
+        self,
+        src: FdLike,
+        dst: FdLike,
+        count: Optional[int] = None,
+        *,
+        offset: Optional[int] = None,
+        progress: Optional[Progress] = None,
+        pool: Optional[PipePool] = None,
+    ) -> None:
+        self._args = (src, dst, count, offset, pool)
+        self._progress = progress
+        self._t: Optional[_Transfer] = None
+        self.transferred = 0
+        self.pending = b""
+        self.finished = False
+
+    async def run(self) -> int:
+        """Move the bytes; see :func:`splice_pipe`. Runs once."""
+        if self._t is not None or self.finished:
+            raise RuntimeError("a Transfer runs once")
+        src, dst, count, offset, pool = self._args
+        t = self._t = _Transfer(src, dst, count, offset, pool, nonblocking=False)
+        try:
+            _check_nonblocking(t.x.src, "src")
+            _check_nonblocking(t.x.dst, "dst")
+            return await _run(t, self._progress)
+        except BaseException as exc:
+            self.pending = getattr(exc, "pending", b"")
+            raise
+        finally:
+            self.transferred = t.transferred
+            self.finished = True
+            t.close()
+
+    def __await__(self) -> Any:
+        return self.run().__await__()
+
+
 async def splice_pipe(
     src: FdLike,
     dst: FdLike,
@@ -114,8 +169,8 @@ async def splice_pipe(
 
     The same paths, fallbacks and accounting as :func:`zcio.splice_pipe`;
     sockets and pipes must be non-blocking. For a timeout, wrap the call in
-    ``asyncio.wait_for`` / ``asyncio.timeout``: the CancelledError it sees
-    carries ``transferred`` and ``pending``.
+    ``asyncio.wait_for`` / ``asyncio.timeout``. To read the accounting after
+    a cancellation on every Python version, use :class:`Transfer`.
 
     Returns:
         The number of bytes that reached ``dst``.
@@ -125,13 +180,7 @@ async def splice_pipe(
         ValueError: a blocking socket or pipe, a negative count or offset.
         asyncio.CancelledError: with ``transferred`` and ``pending`` set.
     """
-    t = _Transfer(src, dst, count, offset, pool, nonblocking=False)
-    try:
-        _check_nonblocking(t.x.src, "src")
-        _check_nonblocking(t.x.dst, "dst")
-        return await _run(t, progress)
-    finally:
-        t.close()
+    return await Transfer(src, dst, count, offset=offset, progress=progress, pool=pool).run()
 
 
 async def _run(t: _Transfer, progress: Optional[Progress]) -> int:
