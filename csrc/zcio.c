@@ -119,6 +119,13 @@ int64_t zcio_vmsplice(int fd, const struct iovec *iov, size_t n, int flags)
 {
     if (flags < 0)
         return ZCIO_EARG_FLAGS;
+    /* On an fd open only for reading, vmsplice copies pipe data *into* iov,
+     * which here may be immutable memory (a bytes object): refuse it. */
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0)
+        return -(int64_t)errno;
+    if ((fl & O_ACCMODE) == O_RDONLY)
+        return -(int64_t)EBADF;
     ZCIO_RET(vmsplice(fd, iov, n, (unsigned int)flags));
 }
 
@@ -219,6 +226,11 @@ int zcio_read_completions(int fd, zcio_completion *out, int max)
             /* Keep what was drained; the error comes back on the next call. */
             return n > 0 ? n : -errno;
         }
+        /* The kernel flags every error-queue message MSG_ERRQUEUE. A socket
+         * without an error queue (AF_UNIX) ignores the flag and returns
+         * ordinary data, which would make this loop spin forever. */
+        if (!(msg.msg_flags & MSG_ERRQUEUE))
+            return n > 0 ? n : -EOPNOTSUPP;
         n += zcio_parse_cmsgs(control.buf, msg.msg_controllen, out + n, max - n);
     }
     return n;
