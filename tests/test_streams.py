@@ -726,3 +726,27 @@ def test_transfer_error_is_picklable_and_catchable_as_builtin():
     again = pickle.loads(pickle.dumps(exc))
     assert type(again) is type(exc)
     assert (again.errno, again.transferred, again.pending) == (errno.EPIPE, 10, b"xy")
+
+
+def test_tee_pipe_failing_destination_loses_nothing(tmp_path):
+    data = payload(300_000, 73)
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    d.close()  # the destination's peer is gone: EPIPE on the first write
+    feeder = Thread(lambda: (a.sendall(data), a.close()))
+    feeder.start()
+    try:
+        with open(tmp_path / "m", "wb") as m:
+            with pytest.raises(zcio.TransferError) as info:
+                zcio.tee_pipe(b, c, m)
+        exc = info.value
+        assert isinstance(exc, BrokenPipeError)
+        rest = read_all(b)
+        feeder.finish()
+        assert exc.transferred == 0
+        assert data == exc.pending + rest
+        # The mirror got the chunk that dst refused.
+        assert (tmp_path / "m").read_bytes() == exc.pending
+    finally:
+        for s in (a, b, c):
+            s.close()

@@ -28,10 +28,10 @@ from typing import IO, Any, Callable, Dict, List, Optional, Tuple, Union
 
 from . import _stats
 from ._binding import lib
-from ._errors import TransferError, transfer_error
-from .lowlevel import SPLICE_F_NONBLOCK, FdLike, splice, tee
-from .pipes import Pipe, PipePool, default_pool
-from .streams import _FALLBACK_ERRNOS, _nonneg, _resolve, _Transfer
+from ._errors import TransferError
+from .lowlevel import FdLike
+from .pipes import PipePool
+from .streams import _nonneg, _Tee, _Transfer
 
 __all__ = ["Transfer", "splice_pipe", "sendfile", "tee_pipe", "proxy"]
 
@@ -254,27 +254,6 @@ async def sendfile(
 # ------------------------------------------------------------------ tee
 
 
-async def _fill(src: int, pipe: Pipe, want: int) -> int:
-    """One splice (or read and write) from src into the empty pipe; 0 at EOF."""
-    while True:
-        try:
-            return splice(src, pipe.w, want, flags=SPLICE_F_NONBLOCK)
-        except BlockingIOError:
-            await _ready([(src, select.POLLIN)])
-        except OSError as exc:
-            if exc.errno not in _FALLBACK_ERRNOS:
-                raise
-            break
-    while True:
-        try:
-            data = os.read(src, want)
-            break
-        except BlockingIOError:
-            await _ready([(src, select.POLLIN)])
-    os.write(pipe.w, data)  # the pipe is empty and holds `want` bytes
-    return len(data)
-
-
 async def tee_pipe(src: FdLike, dst: FdLike, mirror: FdLike, count: Optional[int] = None) -> int:
     """Every byte of ``src`` to ``dst``, and a copy to ``mirror`` (tee()).
 
@@ -286,44 +265,35 @@ async def tee_pipe(src: FdLike, dst: FdLike, mirror: FdLike, count: Optional[int
     Raises:
         TransferError: ``transferred`` counts bytes that reached dst,
             ``pending`` the bytes taken from src that did not.
+        asyncio.CancelledError: with the same two attributes set.
     """
-    if count is not None:
-        count = _nonneg(count, "count")
-    src_fd = _resolve(src, "src")[0]
-    dst_fd = _resolve(dst, "dst")[0]
-    mirror_fd = _resolve(mirror, "mirror")[0]
-    for fd, name in ((src_fd, "src"), (dst_fd, "dst"), (mirror_fd, "mirror")):
-        _check_nonblocking(fd, name)
-    size = default_pool().pipe_size
-    total = 0
-    with Pipe() as main, Pipe() as copy:
-        for p in (main, copy):
+    t = _Tee(src, dst, mirror, count)
+    try:
+        for fd, name in ((t.src, "src"), (t.dst, "dst"), (t.mirror, "mirror")):
+            _check_nonblocking(fd, name)
+        while True:
+            want = t.want()
+            n = t.fill(want) if want else 0
+            if n is None:
+                await _ready([(t.src, select.POLLIN)])
+                continue
+            if n == 0:
+                return t.total
+            t.duplicate(n)
+            await splice_pipe(t.copy.r, t.mirror, n)
+            delivery = Transfer(t.main.r, t.dst, n)
             try:
-                p.size = size
-            except OSError:
-                pass
-        try:
-            while count is None or total < count:
-                want = main.size if count is None else min(main.size, count - total)
-                n = await _fill(src_fd, main, want)
-                if n == 0:
-                    break
-                duplicated = 0
-                while duplicated < n:
-                    duplicated += tee(main.r, copy.w, n - duplicated)
-                await splice_pipe(copy.r, mirror_fd, n)
-                try:
-                    total += await splice_pipe(main.r, dst_fd, n)
-                except TransferError as exc:
-                    total += exc.transferred
-                    raise
-        except OSError as exc:
-            raise transfer_error(exc.errno or errno.EIO, total, main.drain()) from exc
-        except BaseException as exc:
-            exc.transferred = total  # type: ignore[attr-defined]
-            exc.pending = main.drain()  # type: ignore[attr-defined]
-            raise
-    return total
+                await delivery
+            finally:  # also the part of the chunk that reached dst before an error
+                t.total += delivery.transferred
+    except OSError as exc:
+        raise t.error(exc) from exc
+    except BaseException as exc:
+        exc.transferred = t.total  # type: ignore[attr-defined]
+        exc.pending = t.main.drain()  # type: ignore[attr-defined]
+        raise
+    finally:
+        t.close()
 
 
 # ------------------------------------------------------------------ proxy

@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from . import _stats
 from ._binding import ffi, lib
 from ._errors import TransferError, transfer_error, transfer_timeout
-from .lowlevel import FdLike, _fd, tee
+from .lowlevel import SPLICE_F_NONBLOCK, FdLike, _fd, splice, tee
 from .pipes import Pipe, PipePool, default_pool
 
 __all__ = ["splice_pipe", "tee_pipe", "proxy", "stats"]
@@ -287,10 +287,11 @@ class _Transfer:
                 self.dst_obj.seek(os.lseek(self.dst_fd, 0, os.SEEK_CUR))
 
 
-def _poll(fd: int, events: int, timeout: Optional[float]) -> None:
+def _poll(fd: int, events: int, timeout: Optional[float]) -> bool:
+    """Wait until fd is ready for ``events``; False if ``timeout`` ran out."""
     p = select.poll()
     p.register(fd, events)
-    p.poll(None if timeout is None else max(0, int(timeout * 1000)))
+    return bool(p.poll(None if timeout is None else max(0, int(timeout * 1000))))
 
 
 def splice_pipe(
@@ -413,6 +414,65 @@ def _run(t: _Transfer, timeout: Optional[float], progress: Optional[Progress]) -
 # ------------------------------------------------------------------ tee
 
 
+class _Tee:
+    """The state of one tee_pipe call, shared by the sync and async versions
+    (which differ only in how they wait): the resolved fds, the two pipes
+    (``main`` for dst, ``copy`` for the mirror) and the running total."""
+
+    def __init__(self, src: FdLike, dst: FdLike, mirror: FdLike, count: Optional[int]) -> None:
+        self.count = None if count is None else _nonneg(count, "count")
+        self.src = _resolve(src, "src")[0]
+        self.dst = _resolve(dst, "dst")[0]
+        self.mirror = _resolve(mirror, "mirror")[0]
+        self.total = 0
+        self.spliceable = True
+        size = default_pool().pipe_size
+        self.main = Pipe()
+        self.copy = Pipe()
+        for p in (self.main, self.copy):
+            try:
+                p.size = size
+            except OSError:
+                pass  # over pipe-max-size or the user's page limit
+
+    def want(self) -> int:
+        """Bytes to take next (0: count reached)."""
+        if self.count is None:
+            return self.main.size
+        return min(self.main.size, self.count - self.total)
+
+    def fill(self, want: int) -> Optional[int]:
+        """One splice (or read and write) from src into the empty main pipe:
+        bytes taken, 0 at EOF, None when src has nothing now."""
+        if self.spliceable:
+            try:
+                return splice(self.src, self.main.w, want, flags=SPLICE_F_NONBLOCK)
+            except BlockingIOError:
+                return None
+            except OSError as exc:
+                if exc.errno not in _FALLBACK_ERRNOS:
+                    raise
+                self.spliceable = False  # e.g. a /proc file: read it instead
+        try:
+            data = os.read(self.src, want)
+        except BlockingIOError:
+            return None
+        os.write(self.main.w, data)  # the pipe is empty and holds `want` bytes
+        return len(data)
+
+    def duplicate(self, n: int) -> None:
+        done = 0
+        while done < n:
+            done += tee(self.main.r, self.copy.w, n - done)
+
+    def error(self, exc: OSError) -> TransferError:
+        return transfer_error(exc.errno or errno.EIO, self.total, self.main.drain())
+
+    def close(self) -> None:
+        self.main.close()
+        self.copy.close()
+
+
 def tee_pipe(
     src: FdLike,
     dst: FdLike,
@@ -441,67 +501,28 @@ def tee_pipe(
         TransferError: with ``transferred`` (bytes that reached dst) and
             ``pending`` (bytes taken from src that did not reach dst).
     """
-    if count is not None:
-        count = _nonneg(count, "count")
-    src_fd = _resolve(src, "src")[0]
-    dst_fd = _resolve(dst, "dst")[0]
-    mirror_fd = _resolve(mirror, "mirror")[0]
-    size = default_pool().pipe_size
-    total = 0
-    with Pipe() as main, Pipe() as copy:
-        for p in (main, copy):
+    t = _Tee(src, dst, mirror, count)
+    try:
+        while True:
+            want = t.want()
+            n = t.fill(want) if want else 0
+            if n is None:
+                if not _poll(t.src, select.POLLIN, timeout):
+                    raise transfer_timeout(t.total, t.main.drain(), timeout or 0)
+                continue
+            if n == 0:
+                return t.total
+            t.duplicate(n)
+            splice_pipe(t.copy.r, t.mirror, n, timeout=timeout)
             try:
-                p.size = size
-            except OSError:
-                pass
-        try:
-            while count is None or total < count:
-                want = main.size if count is None else min(main.size, count - total)
-                n = _fill(src_fd, main, want, timeout)
-                if n == 0:
-                    break
-                duplicated = 0
-                while duplicated < n:
-                    duplicated += tee(main.r, copy.w, n - duplicated)
-                splice_pipe(copy.r, mirror_fd, n, timeout=timeout)
-                try:
-                    total += splice_pipe(main.r, dst_fd, n, timeout=timeout)
-                except TransferError as exc:
-                    total += exc.transferred
-                    raise
-        except OSError as exc:
-            raise transfer_error(exc.errno or errno.EIO, total, main.drain()) from exc
-    return total
-
-
-def _fill(src: int, pipe: Pipe, want: int, timeout: Optional[float]) -> int:
-    """One splice (or read and write) from src into the empty pipe; 0 at EOF."""
-    from .lowlevel import SPLICE_F_NONBLOCK, splice
-
-    while True:
-        try:
-            return splice(src, pipe.w, want, flags=SPLICE_F_NONBLOCK)
-        except BlockingIOError:
-            _wait_readable(src, timeout)
-        except OSError as exc:
-            if exc.errno not in _FALLBACK_ERRNOS:
+                t.total += splice_pipe(t.main.r, t.dst, n, timeout=timeout)
+            except TransferError as exc:  # part of the chunk reached dst
+                t.total += exc.transferred
                 raise
-            break
-    while True:
-        try:
-            data = os.read(src, want)
-            break
-        except BlockingIOError:
-            _wait_readable(src, timeout)
-    os.write(pipe.w, data)  # the pipe is empty and holds `want` bytes
-    return len(data)
-
-
-def _wait_readable(fd: int, timeout: Optional[float]) -> None:
-    p = select.poll()
-    p.register(fd, select.POLLIN)
-    if not p.poll(None if timeout is None else int(timeout * 1000)):
-        raise OSError(errno.ETIMEDOUT, f"no data within {timeout:g} seconds")
+    except OSError as exc:
+        raise t.error(exc) from exc
+    finally:
+        t.close()
 
 
 # ------------------------------------------------------------------ proxy
