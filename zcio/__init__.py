@@ -29,6 +29,7 @@ from .lowlevel import (
 )
 from .pipes import Pipe, PipePool, default_pool
 from .streams import proxy, splice_pipe, stats, tee_pipe
+from .zerocopy import BufferPool, CompletionTracker, Ticket, ZeroCopySender
 
 __all__ = [
     "__version__",
@@ -41,6 +42,10 @@ __all__ = [
     "Pipe",
     "PipePool",
     "default_pool",
+    "ZeroCopySender",
+    "Ticket",
+    "BufferPool",
+    "CompletionTracker",
     "Completion",
     "sendfile",
     "splice",

@@ -528,6 +528,13 @@ CASES: List[Case] = [
 ]
 
 
+def all_cases() -> List[Case]:
+    """This module's cases, then the MSG_ZEROCOPY ones (which import this one)."""
+    from ._bench_zerocopy import CASES as ZEROCOPY_CASES
+
+    return CASES[:4] + ZEROCOPY_CASES + CASES[4:]
+
+
 # ------------------------------------------------------------------ running
 
 
@@ -585,7 +592,7 @@ def ratios(rows: Sequence[Row]) -> List[Dict[str, object]]:
 
 
 def format_table(results: Sequence[Dict[str, object]]) -> str:
-    head = f"{'case':34} {'contender':26} {'speed':>14} {'CPU':>16} {'ratio to stdlib':>22}"
+    head = f"{'case':34} {'contender':30} {'speed':>14} {'CPU':>16} {'ratio to stdlib':>22}"
     lines = [head, "-" * len(head)]
     last = None
     for d in results:
@@ -606,7 +613,7 @@ def format_table(results: Sequence[Dict[str, object]]) -> str:
                 ratio = "(baseline)"
             else:
                 ratio = f"{d['time_ratio']:.2f}x time" if "time_ratio" in d else ""
-        lines.append(f"{case:34} {d['label']:26} {speed:>14} {cpu:>16} {ratio:>22}")
+        lines.append(f"{case:34} {d['label']:30} {speed:>14} {cpu:>16} {ratio:>22}")
     return "\n".join(lines)
 
 
@@ -647,9 +654,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    cases = [c for c in CASES if not args.case or any(t in c.name for t in args.case)]
+    every = all_cases()
+    cases = [c for c in every if not args.case or any(t in c.name for t in args.case)]
     if not cases:
-        print(f"no case matches {args.case}; cases: {[c.name for c in CASES]}", file=sys.stderr)
+        print(f"no case matches {args.case}; cases: {[c.name for c in every]}", file=sys.stderr)
         return 2
     log = (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
     rows = run_cases(cases, quick=args.quick, rounds=args.rounds, log=log)
