@@ -371,3 +371,106 @@ def test_a_hundred_concurrent_relays(run):
         for (c1, s1), (s2, c2) in pairs:
             for s in (c1, s1, s2, c2):
                 s.close()
+
+
+# ------------------------------------------------------ AsyncZeroCopySender
+
+
+def test_async_zerocopy_sender_exact_bytes_pins_and_completions(run):
+    a, b = nb_pair()
+    sizes = [100, 20_000, 65_536, 1 << 20, 3_000_000, 17, 300_000]
+    blobs = [bytearray(payload(n, i)) for i, n in enumerate(sizes)]
+
+    async def body() -> None:
+        got = asyncio.ensure_future(recv_all(b))
+        async with aio.AsyncZeroCopySender(a, policy="always") as sender:
+            tickets = [await sender.sendall(blob) for blob in blobs]
+            big = blobs[3]
+            if not tickets[3].done():
+                with pytest.raises(BufferError):
+                    big.extend(b"x")  # pinned until the kernel is done with it
+            for t in tickets:
+                assert await t.wait(DEADLINE)
+            big.extend(b"x")  # released
+            assert tickets[3].copied  # loopback always copies
+            assert sender.in_flight == 0
+            assert sender.stats["zerocopy_sends"] > 0
+        a.shutdown(socket.SHUT_WR)  # the sender left the socket open
+        assert await got == b"".join(bytes(x[: n]) for x, n in zip(blobs, sizes))
+
+    try:
+        run(body)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_async_zerocopy_sender_waits_on_the_loop_for_a_stalled_peer(run):
+    a, b = nb_pair()
+    data = payload(24 << 20, 79)
+    ticks: List[int] = []
+
+    async def body() -> None:
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            while not stop.is_set():
+                ticks.append(1)
+                await asyncio.sleep(0.001)
+
+        t = asyncio.ensure_future(ticker())
+        async with aio.AsyncZeroCopySender(a, policy="auto") as sender:
+            sending = asyncio.ensure_future(sender.sendall(data))
+            # Nobody reads yet: the send must be waiting, not blocking the loop.
+            while len(ticks) < 20:
+                await asyncio.sleep(0.001)
+            assert not sending.done()
+            got = asyncio.ensure_future(recv_all(b))
+            ticket = await sending
+            assert await ticket.wait(DEADLINE)
+            assert await sender.flush(DEADLINE)
+        a.shutdown(socket.SHUT_WR)
+        assert await got == data
+        stop.set()
+        await t
+
+    try:
+        run(body)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_async_zerocopy_sender_udp_one_datagram(run):
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.connect(rx.getsockname())
+    tx.setblocking(False)
+    rx.settimeout(DEADLINE)
+
+    async def body() -> None:
+        async with aio.AsyncZeroCopySender(tx, policy="always", threshold=1024) as sender:
+            ticket = await sender.sendall(payload(30_000, 83))
+            assert await ticket.wait(DEADLINE)
+
+    try:
+        run(body)
+        assert rx.recv(65536) == payload(30_000, 83)
+    finally:
+        rx.close()
+        tx.close()
+
+
+def test_async_zerocopy_sender_refuses_a_blocking_socket(run):
+    a, b = socket.socketpair()
+
+    async def body() -> None:
+        with pytest.raises(ValueError, match="non-blocking"):
+            aio.AsyncZeroCopySender(a)
+
+    try:
+        run(body)
+    finally:
+        a.close()
+        b.close()

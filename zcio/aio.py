@@ -28,12 +28,21 @@ from typing import IO, Any, Callable, Dict, List, Optional, Tuple, Union
 
 from . import _stats
 from ._binding import lib
-from ._errors import TransferError
+from ._errors import TransferError, transfer_error
 from .lowlevel import FdLike
 from .pipes import PipePool
 from .streams import _nonneg, _Tee, _Transfer
+from .zerocopy import DEFAULT_THRESHOLD, PoolBuffer, Ticket, ZeroCopySender
 
-__all__ = ["Transfer", "splice_pipe", "sendfile", "tee_pipe", "proxy"]
+__all__ = [
+    "Transfer",
+    "splice_pipe",
+    "sendfile",
+    "tee_pipe",
+    "proxy",
+    "AsyncZeroCopySender",
+    "AsyncTicket",
+]
 
 _DONE, _MORE, _WAIT = lib.ZCIO_DONE, lib.ZCIO_MORE, lib.ZCIO_WAIT
 _SLICE_MS = 2
@@ -353,3 +362,177 @@ def _shutdown(s: socket.socket, how: int) -> None:
         s.shutdown(how)
     except OSError:
         pass
+
+
+# ------------------------------------------------------------ zero-copy sends
+
+
+class _LoopSender(ZeroCopySender):
+    """A ZeroCopySender that never waits inside a call: the event loop waits."""
+
+    def _on_enobufs(self) -> bool:
+        st = self._state
+        st.counters["enobufs"] += 1
+        if st.tracker.outstanding and self._reap() > 0:
+            return False  # optmem freed: retry zero-copy
+        # Nothing came back right now: copy this chunk rather than block the
+        # loop waiting for a completion.
+        return True
+
+
+class AsyncTicket:
+    """The tickets of one :meth:`AsyncZeroCopySender.sendall`; awaitable.
+
+    ``await ticket`` (or ``await ticket.wait(timeout)``) returns once the
+    kernel is done with every send that referenced the buffer, which stays
+    pinned until then.
+    """
+
+    def __init__(self, tickets: List[Ticket], sender: "AsyncZeroCopySender") -> None:
+        self._tickets = tickets
+        self._sender = sender
+
+    def done(self) -> bool:
+        return all(t.done() for t in self._tickets)
+
+    @property
+    def copied(self) -> bool:
+        """The kernel copied some of the data after all (always on loopback)."""
+        return any(t.copied for t in self._tickets)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self._tickets)
+
+    async def wait(self, timeout: Optional[float] = None) -> bool:
+        """True once done; False if ``timeout`` seconds passed first."""
+        try:
+            await asyncio.wait_for(self._sender._until(self.done), timeout)
+        except asyncio.TimeoutError:
+            return self.done()
+        return True
+
+    def __await__(self) -> Any:
+        return self.wait().__await__()
+
+
+class AsyncZeroCopySender:
+    """:class:`zcio.ZeroCopySender` for a non-blocking socket under asyncio.
+
+    ``await sender.sendall(data)`` sends everything (waiting for writability
+    through the loop) and returns an :class:`AsyncTicket`. Completions are
+    reaped through the loop: a private epoll fd watches the socket for
+    EPOLLERR only (edge-triggered) and is registered with ``add_reader``, so
+    the socket's own readiness is left to whoever reads it. Where the send
+    path would wait for a completion after ENOBUFS, this one copies instead.
+
+    Args:
+        sock: a connected, non-blocking TCP or UDP socket.
+        threshold, policy, reap_every: as for :class:`zcio.ZeroCopySender`.
+
+    Use ``async with`` or ``await sender.aclose()``; the socket stays open.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        threshold: int = DEFAULT_THRESHOLD,
+        policy: str = "auto",
+        reap_every: int = 32,
+    ) -> None:
+        _check_nonblocking(sock.fileno(), "sock")
+        self._loop = asyncio.get_running_loop()
+        self._sender = _LoopSender(sock, threshold=threshold, policy=policy, reap_every=reap_every)
+        self._fd = sock.fileno()
+        self._epoll = select.epoll()
+        self._epoll.register(self._fd, select.EPOLLET)  # EPOLLERR/EPOLLHUP are implied
+        self._loop.add_reader(self._epoll.fileno(), self._on_error_queue)
+        self._event = asyncio.Event()
+
+    def _on_error_queue(self) -> None:
+        self._epoll.poll(0)  # consume the edge
+        self._sender.reap()
+        self._event.set()
+
+    async def _until(self, cond: Callable[[], bool]) -> None:
+        """Reap until ``cond()``; woken by the error queue, and every 50 ms
+        regardless (a missed wake-up costs latency, never a hang)."""
+        while True:
+            self._sender.reap()
+            if cond():
+                return
+            self._event.clear()
+            try:
+                await asyncio.wait_for(self._event.wait(), 0.05)
+            except asyncio.TimeoutError:
+                pass
+
+    async def sendall(self, data: Any) -> AsyncTicket:
+        """Send all of ``data`` and return the ticket that tracks its memory.
+
+        Raises:
+            TransferError: after part was sent (``transferred``, and
+                ``ticket`` for the part that went).
+            OSError: from the kernel, before anything was sent.
+        """
+        view = data.memory if isinstance(data, PoolBuffer) else data
+        tickets: List[Ticket] = []
+        sent = 0
+        while True:
+            part = view if sent == 0 else memoryview(view).cast("B")[sent:]
+            try:
+                tickets.append(self._sender.sendall(part, timeout=0))
+                return AsyncTicket(tickets, self)
+            except OSError as exc:
+                ticket = getattr(exc, "ticket", None)
+                if ticket is not None:
+                    tickets.append(ticket)
+                sent += getattr(exc, "transferred", 0)
+                # timeout=0 turns "would block" into ETIMEDOUT: wait, go on.
+                if not (isinstance(exc, TransferError) and exc.errno == errno.ETIMEDOUT):
+                    if not sent:
+                        raise
+                    err = transfer_error(exc.errno or errno.EIO, sent, b"", exc.strerror)
+                    err.ticket = AsyncTicket(tickets, self)  # type: ignore[attr-defined]
+                    raise err from exc
+            await _ready([(self._fd, select.POLLOUT)])
+
+    def reap(self) -> int:
+        """Drain completions now; returns how many tickets finished."""
+        return self._sender.reap()
+
+    async def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait until nothing is in flight; False if ``timeout`` ran out."""
+        try:
+            await asyncio.wait_for(self._until(lambda: self._sender.in_flight == 0), timeout)
+        except asyncio.TimeoutError:
+            return self._sender.in_flight == 0
+        return True
+
+    @property
+    def in_flight(self) -> int:
+        """Bytes pinned by sends the kernel has not completed."""
+        return self._sender.in_flight
+
+    @property
+    def stats(self) -> Dict[str, Any]:
+        return self._sender.stats
+
+    async def aclose(self, timeout: Optional[float] = 1.0) -> None:
+        """Flush (at most ``timeout`` seconds), then detach; the socket stays
+        open. Pins still in flight are parked as ZeroCopySender.close does."""
+        if self._epoll.closed:
+            return
+        try:
+            await self.flush(timeout)
+        finally:
+            self._loop.remove_reader(self._epoll.fileno())
+            self._epoll.close()
+            self._sender.close(timeout=0)
+
+    async def __aenter__(self) -> "AsyncZeroCopySender":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
