@@ -419,9 +419,9 @@ def test_read_completions_batch_boundary(monkeypatch: Any) -> None:
     """The Python loop around the C batch, with a batch of 3."""
     monkeypatch.setattr(lowlevel, "_BATCH", 3)
     with udp_with_tx_timestamps() as (sender, receiver):
-        for i in range(8):
+        for _ in range(8):
             zcio.send_zerocopy(sender, b"x")
-        for i in range(8):
+        for _ in range(8):
             assert receiver.recv(10) == b"x"
         assert sorted(i for c in reap(sender, set(range(8))) for i in ids_of(c)) == list(range(8))
         assert error_queue_is_empty(sender)

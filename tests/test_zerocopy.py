@@ -871,7 +871,7 @@ def test_buffer_pool_alignment_and_exhaustion() -> None:
         assert pool.in_use == 3 and pool.free == 0
         bufs[1].release()  # type: ignore[union-attr]
         with pytest.raises(ValueError):
-            bufs[1].memory  # type: ignore[union-attr]
+            bufs[1].memory  # type: ignore[union-attr]  # noqa: B018
         again = pool.acquire(timeout=0)
         assert again is not None and again.index == bufs[1].index  # type: ignore[union-attr]
         for b in bufs:

@@ -10,9 +10,10 @@ import stat
 import sys
 from typing import Any, Dict, List, Optional
 
-from . import __version__, bench, lowlevel
+from . import __version__, bench, lowlevel, serve
 from ._errors import TransferError
 from ._progress import ProgressBar
+from .aio import new_event_loop
 from .streams import splice_pipe
 
 
@@ -77,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--timeout", type=float, default=None, help="give up after this many seconds without progress")
     c.add_argument("--progress", dest="progress", action="store_true", default=None, help="show a progress bar (default: when stderr is a terminal)")
     c.add_argument("--no-progress", dest="progress", action="store_false")
+    s = sub.add_parser("serve", help="serve DIR over HTTP/1.1 (GET/HEAD, Range, keep-alive) with sendfile")
+    serve.add_arguments(s)
     x = sub.add_parser("proxy", help="relay TCP connections from LISTEN to TARGET with splice")
     x.add_argument("listen", metavar="LISTEN", help="host:port or port (127.0.0.1) to accept on")
     x.add_argument("target", metavar="TARGET", help="host:port or port (127.0.0.1) to connect to")
@@ -84,16 +87,6 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--uvloop", action="store_true", help="run on uvloop (if installed)")
     x.add_argument("-v", "--verbose", action="store_true", help="log each connection to stderr")
     return p
-
-
-def _event_loop(use_uvloop: bool) -> "asyncio.AbstractEventLoop":
-    if use_uvloop:
-        try:
-            import uvloop
-        except ImportError:
-            raise SystemExit("--uvloop: uvloop is not installed (pip install uvloop)") from None
-        return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
 
 
 def proxy(args: argparse.Namespace) -> int:
@@ -118,7 +111,7 @@ def proxy(args: argparse.Namespace) -> int:
         await relay.close()
         await asyncio.gather(server, return_exceptions=True)
 
-    loop = _event_loop(args.uvloop)
+    loop, _ = new_event_loop(args.uvloop, warn="zcio proxy")
     try:
         loop.run_until_complete(run())
     finally:
@@ -179,6 +172,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         except OSError as exc:
             print(f"zcio copy: {exc}", file=sys.stderr)
             return 1
+    if args.command == "serve":
+        return serve.main(args)
     if args.command == "proxy":
         try:
             return proxy(args)

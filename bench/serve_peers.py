@@ -1,0 +1,381 @@
+"""Static file serving: ``zcio serve`` beside nginx and ``python -m http.server``.
+
+    python bench/serve_peers.py [--install] [--quick] [--rounds N] [--gib G] [--duration S]
+
+(a) Large file: one G GiB file (default 1) fetched over loopback by a fixed
+    downloader -- this process, which sends one GET and splices the socket
+    into /dev/null through a pipe, identical for every server. Contenders run
+    interleaved, round by round (the order reversed every other round); the
+    table gives medians of throughput and of the server process's CPU seconds
+    per GiB (utime + stime from /proc/PID/stat; for nginx, its worker).
+(b) Small files: ``wrk -t1 -c50 -d<S>s`` over 1000 files of 4 KiB (a Lua
+    script cycles through their paths), interleaved rounds, median requests/s
+    and the server's CPU microseconds per request.
+
+Servers, each a separate process on 127.0.0.1 and a free port:
+- zcio serve (asyncio), zcio serve (uvloop): ``python -m zcio serve DIR --quiet``
+  (and ``--uvloop``), so the access log is off as it is for nginx;
+- nginx: 1 worker, ``sendfile on``, ``tcp_nopush on``, ``access_log off``,
+  config, pid, logs and temp paths in the temp dir (``user root`` when run
+  as root, so the worker can read the temp dir), run with
+  ``nginx -p TMP -c CONF -g 'daemon off;'``;
+- python -m http.server (part b only; its per-request log goes to /dev/null).
+
+With two or more CPUs, every server is pinned to the last CPU and the
+client side (this process, and wrk) to the first: on loopback the kernel
+charges TCP work to whichever process runs it, and which CPUs the two ends
+land on otherwise swings a server's CPU per GiB by half. --no-pin turns it off.
+
+A peer that is not installed is skipped with a message; --install runs
+``apt-get install -y nginx wrk``.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional, Set, Tuple
+
+from zcio import bench
+
+CLK = os.sysconf("SC_CLK_TCK")
+GiB = 1 << 30
+SMALL_FILES = 1000
+SMALL_SIZE = 4096
+
+NGINX_CONF = """
+{user}
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    include {mime};
+    default_type application/octet-stream;
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    keepalive_timeout 65;
+    keepalive_requests 1000000;
+    client_body_temp_path {tmp}/nginx-body;
+    proxy_temp_path {tmp}/nginx-proxy;
+    fastcgi_temp_path {tmp}/nginx-fastcgi;
+    uwsgi_temp_path {tmp}/nginx-uwsgi;
+    scgi_temp_path {tmp}/nginx-scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        location / {{ }}
+    }}
+}}
+"""
+
+WRK_SCRIPT = """
+local n = 0
+request = function()
+    n = n + 1
+    return wrk.format("GET", string.format("/small/f%d.bin", n % {count}))
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def wait_port(port: int, proc: "subprocess.Popen[bytes]", timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before listening on {port}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def install() -> None:
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "nginx", "wrk"], check=False, env=env)
+
+
+SERVER_CPUS: Optional[Set[int]] = None  # set by main() when pinning
+
+
+def _pin() -> None:
+    if SERVER_CPUS is not None:
+        os.sched_setaffinity(0, SERVER_CPUS)
+
+
+class Server:
+    """A server process; ``pid`` is the process doing the work (nginx's worker)."""
+
+    def __init__(self, label: str, argv: List[str], port: int, cwd: Optional[str] = None,
+                 worker_of_master: bool = False) -> None:
+        self.label = label
+        self.port = port
+        self.proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     preexec_fn=_pin)
+        wait_port(port, self.proc)
+        self.pid = self.proc.pid
+        if worker_of_master:
+            self.pid = self._only_child()
+
+    def _only_child(self) -> int:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            kids = []
+            for task in os.listdir(f"/proc/{self.proc.pid}/task"):
+                with open(f"/proc/{self.proc.pid}/task/{task}/children") as f:
+                    kids += [int(k) for k in f.read().split()]
+            if len(kids) == 1:
+                return kids[0]
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.label}: expected one worker process")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_servers(tmp: str, root: str, with_http_server: bool) -> Dict[str, Server]:
+    servers: Dict[str, Server] = {}
+    for label, extra in (("zcio serve (asyncio)", []), ("zcio serve (uvloop)", ["--uvloop"])):
+        if extra:
+            try:
+                import uvloop  # noqa: F401
+            except ImportError:
+                print("uvloop: not installed, zcio serve (uvloop) skipped", file=sys.stderr)
+                continue
+        port = free_port()
+        argv = [sys.executable, "-m", "zcio", "serve", root, "--port", str(port), "--quiet", *extra]
+        servers[label] = Server(label, argv, port)
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if nginx:
+        port = free_port()
+        conf = os.path.join(tmp, "nginx.conf")
+        mime = "/etc/nginx/mime.types"
+        with open(conf, "w") as f:
+            f.write(NGINX_CONF.format(
+                user="user root;" if os.geteuid() == 0 else "",
+                tmp=tmp, port=port, root=root,
+                mime=mime if os.path.exists(mime) else os.devnull,
+            ))
+        servers["nginx (sendfile)"] = Server(
+            "nginx (sendfile)", [nginx, "-p", tmp, "-e", os.path.join(tmp, "nginx-error.log"), "-c", conf,
+                                 "-g", "daemon off;"], port, worker_of_master=True)
+    else:
+        print("nginx: not installed, skipped (run with --install)", file=sys.stderr)
+    if with_http_server:
+        port = free_port()
+        servers["python -m http.server"] = Server(
+            "python -m http.server",
+            [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", root],
+            port,
+        )
+    return servers
+
+
+# ------------------------------------------------------------ (a) one big file
+
+
+def download(port: int, path: str, null: int, pipe: Tuple[int, int]) -> int:
+    """GET ``path`` and splice the body to /dev/null; returns the body size."""
+    r, w = pipe
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = s.recv(4096)
+            if not chunk:
+                raise RuntimeError(f"connection closed in the head: {buf!r}")
+            buf += chunk
+        head, _, body = buf.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"unexpected answer: {head[:200]!r}")
+        m = re.search(rb"\r\ncontent-length:\s*(\d+)", head, re.I)
+        if m is None:
+            raise RuntimeError("no Content-Length")
+        length = int(m.group(1))
+        got = len(body)
+        fd = s.fileno()
+        while got < length:
+            n = os.splice(fd, w, min(1 << 20, length - got))
+            if n == 0:
+                break
+            got += n
+            while n:
+                n -= os.splice(r, null, n)
+        if got != length:
+            raise RuntimeError(f"short body: {got} of {length}")
+        return got
+
+
+def big_file(servers: Dict[str, Server], size: int, rounds: int) -> Dict[str, List[Tuple[float, float]]]:
+    null = os.open(os.devnull, os.O_WRONLY)
+    r, w = os.pipe()
+    try:
+        fcntl.fcntl(w, 1031, 1 << 20)  # F_SETPIPE_SZ
+    except OSError:
+        pass
+    samples: Dict[str, List[Tuple[float, float]]] = {k: [] for k in servers}
+    try:
+        for s in servers.values():  # warm the page cache and each server
+            download(s.port, "/big.bin", null, (r, w))
+        for rnd in range(rounds):
+            order = list(servers.items())
+            if rnd % 2:
+                order.reverse()
+            for label, s in order:
+                bench._touch()
+                c0, t0 = cpu_seconds(s.pid), time.perf_counter()
+                got = download(s.port, "/big.bin", null, (r, w))
+                t1 = time.perf_counter()
+                time.sleep(0.05)  # let the server finish its bookkeeping (close, log)
+                c1 = cpu_seconds(s.pid)
+                samples[label].append((got / (t1 - t0) / GiB, (c1 - c0) / (got / GiB)))
+                print(f"(a) round {rnd + 1}: {label}: {samples[label][-1][0]:.2f} GiB/s, "
+                      f"{samples[label][-1][1]:.3f} CPU s/GiB", file=sys.stderr)
+    finally:
+        for fd in (null, r, w):
+            os.close(fd)
+    return samples
+
+
+# ------------------------------------------------------------ (b) small files
+
+
+def run_wrk(wrk: str, port: int, duration: int, script: str) -> Tuple[float, int]:
+    out = subprocess.run(
+        [wrk, "-t1", "-c50", f"-d{duration}s", "-s", script, f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, timeout=duration + 60,
+    )
+    m = re.search(r"Requests/sec:\s*([\d.]+)", out.stdout)
+    total = re.search(r"(\d+) requests in", out.stdout)
+    if m is None or total is None:
+        raise RuntimeError(f"wrk said: {out.stdout} {out.stderr}")
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out.stdout)
+    if bad:
+        raise RuntimeError(f"wrk saw {bad.group(1)} error responses:\n{out.stdout}")
+    return float(m.group(1)), int(total.group(1))
+
+
+def small_files(servers: Dict[str, Server], wrk: str, script: str, duration: int,
+                rounds: int) -> Dict[str, List[Tuple[float, float]]]:
+    samples: Dict[str, List[Tuple[float, float]]] = {k: [] for k in servers}
+    for s in servers.values():  # warm-up
+        run_wrk(wrk, s.port, 1, script)
+    for rnd in range(rounds):
+        order = list(servers.items())
+        if rnd % 2:
+            order.reverse()
+        for label, s in order:
+            c0 = cpu_seconds(s.pid)
+            rps, total = run_wrk(wrk, s.port, duration, script)
+            time.sleep(0.1)
+            c1 = cpu_seconds(s.pid)
+            samples[label].append((rps, (c1 - c0) / total * 1e6))
+            print(f"(b) round {rnd + 1}: {label}: {rps:.0f} req/s, {samples[label][-1][1]:.1f} CPU us/req",
+                  file=sys.stderr)
+    return samples
+
+
+# ------------------------------------------------------------ report
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    ap.add_argument("--install", action="store_true", help="apt-get install nginx and wrk first")
+    ap.add_argument("--quick", action="store_true", help="fewer rounds, 256 MiB, 2 s wrk runs")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds of (a) (default 7, quick 3); (b) uses half")
+    ap.add_argument("--gib", type=float, default=None, help="size of the big file (default 1, quick 0.25)")
+    ap.add_argument("--duration", type=int, default=None, help="seconds per wrk run (default 5, quick 2)")
+    ap.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin servers and client to CPUs")
+    args = ap.parse_args(argv)
+    global SERVER_CPUS
+    cpus = sorted(os.sched_getaffinity(0))
+    placement = "not pinned"
+    if args.pin and len(cpus) >= 2:
+        SERVER_CPUS = {cpus[-1]}
+        os.sched_setaffinity(0, {cpus[0]})
+        placement = f"servers on CPU {cpus[-1]}, client and wrk on CPU {cpus[0]}"
+    if args.install:
+        install()
+    rounds = args.rounds or (3 if args.quick else 7)
+    wrk_rounds = max(1, rounds // 2)
+    size = int((args.gib or (0.25 if args.quick else 1.0)) * GiB)
+    duration = args.duration or (2 if args.quick else 5)
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        print("wrk: not installed, part (b) skipped (run with --install)", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="zcio-serve-") as tmp:
+        root = os.path.join(tmp, "www")
+        os.makedirs(os.path.join(root, "small"))
+        bench._make_file(root, "big.bin", size)
+        block = os.urandom(SMALL_SIZE)
+        for i in range(SMALL_FILES):
+            with open(os.path.join(root, "small", f"f{i}.bin"), "wb") as f:
+                f.write(block)
+        script = os.path.join(tmp, "paths.lua")
+        with open(script, "w") as f:
+            f.write(WRK_SCRIPT.format(count=SMALL_FILES))
+        servers = start_servers(tmp, root, with_http_server=wrk is not None)
+        try:
+            big = {k: v for k, v in servers.items() if k != "python -m http.server"}
+            a = big_file(big, size, rounds)
+            b = small_files(servers, wrk, script, duration, wrk_rounds) if wrk else {}
+        finally:
+            for s in servers.values():
+                s.close()
+    print(f"zcio serve beside peers, loopback, {os.cpu_count()} CPUs ({placement}), CLK_TCK={CLK}")
+    print(f"\n(a) one {size / GiB:g} GiB file, fixed splicing downloader, {rounds} rounds, medians")
+    print(f"{'server':24} {'GiB/s':>8} {'CPU s/GiB':>10} {'GiB/s vs nginx':>15} {'CPU vs nginx':>13}")
+    ref = a.get("nginx (sendfile)")
+    ref_g = statistics.median(x[0] for x in ref) if ref else float("nan")
+    ref_c = statistics.median(x[1] for x in ref) if ref else float("nan")
+    for label, ss in a.items():
+        g = statistics.median(x[0] for x in ss)
+        c = statistics.median(x[1] for x in ss)
+        print(f"{label:24} {g:8.2f} {c:10.3f} {g / ref_g:15.2f} {c / ref_c if ref_c else float('nan'):13.2f}")
+    if b:
+        print(f"\n(b) {SMALL_FILES} files of {SMALL_SIZE} bytes, wrk -t1 -c50 -d{duration}s, "
+              f"{wrk_rounds} rounds, medians")
+        print(f"{'server':24} {'req/s':>10} {'CPU us/req':>11} {'vs http.server':>15}")
+        hs = b.get("python -m http.server")
+        hs_r = statistics.median(x[0] for x in hs) if hs else float("nan")
+        for label, ss in b.items():
+            rps = statistics.median(x[0] for x in ss)
+            us = statistics.median(x[1] for x in ss)
+            print(f"{label:24} {rps:10.0f} {us:11.1f} {rps / hs_r:15.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
