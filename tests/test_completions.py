@@ -29,6 +29,7 @@ import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
+from _net import needs_ipv6
 import zcio
 from zcio import lowlevel
 from zcio.lowlevel import Completion, parse_completions
@@ -47,19 +48,6 @@ PROPERTY = settings(
 PARSER = settings(max_examples=100, deadline=None, derandomize=True, database=None)
 
 
-def _ipv6_loopback() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-HAS_IPV6 = _ipv6_loopback()
-needs_ipv6 = pytest.mark.skipif(not HAS_IPV6, reason="no IPv6 loopback (::1) in this environment")
 ADDRS = {"4": (socket.AF_INET, "127.0.0.1"), "6": (socket.AF_INET6, "::1")}
 
 

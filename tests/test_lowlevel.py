@@ -38,6 +38,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from _net import needs_ipv6
 import zcio
 from zcio import lowlevel
 
@@ -54,19 +55,6 @@ PROPERTY = settings(
 # ----------------------------------------------------------------- helpers
 
 
-def _ipv6_loopback() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-HAS_IPV6 = _ipv6_loopback()
-needs_ipv6 = pytest.mark.skipif(not HAS_IPV6, reason="no IPv6 loopback (::1) in this environment")
 STREAM_KINDS = ["unix", "tcp4", pytest.param("tcp6", marks=needs_ipv6)]
 
 

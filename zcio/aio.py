@@ -27,7 +27,6 @@ import stat
 import sys
 from typing import IO, Any, Callable, Dict, List, Optional, Tuple, Union
 
-from . import _stats
 from ._binding import lib
 from ._errors import TransferError, transfer_error
 from .lowlevel import FdLike
@@ -211,43 +210,41 @@ async def splice_pipe(
 
 
 async def _run(t: _Transfer, progress: Optional[Progress]) -> int:
-    x = t.x
     waiter = _Waiter()
     try:
-        while t.prefix < len(t.head):
-            try:
-                t.prefix += os.write(x.dst, memoryview(t.head)[t.prefix :])
-            except BlockingIOError:
-                await _ready([(x.dst, select.POLLOUT)])
-            except OSError as exc:
-                raise t.error(exc.errno or errno.EIO) from None
-        while True:
-            before = int(x.transferred)
-            rc = lib.zcio_pump(x, _SLICE_BYTES, _SLICE_MS, 0)
-            if rc == _DONE:
-                break
-            if rc < 0:
-                if t.fall_back(-rc):
-                    continue
-                raise t.error(-rc)
-            if progress is not None and int(x.transferred) != before:
-                progress(t.transferred)
-            if rc == _WAIT:
-                await waiter.wait([(x.wait_fd[i], x.wait_events[i]) for i in range(x.nwait)])
-            else:
-                await asyncio.sleep(0)  # a slice is used up: let others run
-        if progress is not None:
-            progress(t.transferred)
-    except TransferError:
-        _stats.count_transfer("failed")
-        raise
-    except BaseException as exc:
-        t.interrupted(exc)
-        raise
+        with t.outcome():
+            await _deliver(t, waiter, progress)
     finally:
         waiter.close()
-    _stats.count_transfer("completed")
     return t.transferred
+
+
+async def _deliver(t: _Transfer, waiter: _Waiter, progress: Optional[Progress]) -> None:
+    x = t.x
+    while t.prefix < len(t.head):
+        try:
+            t.prefix += os.write(x.dst, memoryview(t.head)[t.prefix :])
+        except BlockingIOError:
+            await waiter.wait([(x.dst, select.POLLOUT)])
+        except OSError as exc:
+            raise t.error(exc.errno or errno.EIO) from None
+    while True:
+        before = int(x.transferred)
+        rc = lib.zcio_pump(x, _SLICE_BYTES, _SLICE_MS, 0)
+        if rc == _DONE:
+            break
+        if rc < 0:
+            if t.fall_back(-rc):
+                continue
+            raise t.error(-rc)
+        if progress is not None and int(x.transferred) != before:
+            progress(t.transferred)
+        if rc == _WAIT:
+            await waiter.wait([(x.wait_fd[i], x.wait_events[i]) for i in range(x.nwait)])
+        else:
+            await asyncio.sleep(0)  # a slice is used up: let others run
+    if progress is not None:
+        progress(t.transferred)
 
 
 async def sendfile(

@@ -12,6 +12,7 @@ anything else sendfile; a pipe on either side means a direct splice; a socket
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import io
@@ -22,7 +23,7 @@ import socket
 import stat
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from . import _stats
 from ._binding import ffi, lib
@@ -264,11 +265,23 @@ class _Transfer:
         self.x.in_flight -= len(data)
         return head + data
 
-    def interrupted(self, exc: BaseException) -> None:
-        """Record the accounting on an exception that is not ours."""
-        _stats.count_transfer("interrupted")
-        exc.transferred = self.transferred  # type: ignore[attr-defined]
-        exc.pending = self.pending()  # type: ignore[attr-defined]
+    @contextlib.contextmanager
+    def outcome(self) -> Iterator[None]:
+        """Count how the run ended; on an exception that is not ours (a
+        signal handler's KeyboardInterrupt, progress's, a cancellation) set
+        ``transferred`` and ``pending`` on it: nothing taken from src may
+        vanish, so say where it is."""
+        try:
+            yield
+        except TransferError:
+            _stats.count_transfer("failed")
+            raise
+        except BaseException as exc:
+            _stats.count_transfer("interrupted")
+            exc.transferred = self.transferred  # type: ignore[attr-defined]
+            exc.pending = self.pending()  # type: ignore[attr-defined]
+            raise
+        _stats.count_transfer("completed")
 
     def close(self) -> None:
         x = self.x
@@ -362,7 +375,7 @@ def _run(t: _Transfer, timeout: Optional[float], progress: Optional[Progress]) -
     def remaining() -> Optional[float]:
         return None if timeout is None else max(0.0, last_progress + timeout - time.monotonic())
 
-    try:
+    with t.outcome():
         if t.head:
             view = memoryview(t.head)
             while t.prefix < len(view):
@@ -399,15 +412,6 @@ def _run(t: _Transfer, timeout: Optional[float], progress: Optional[Progress]) -
                 progress(t.transferred)
         if progress is not None:
             progress(t.transferred)
-    except TransferError:
-        _stats.count_transfer("failed")
-        raise
-    except BaseException as exc:
-        # A signal handler's exception (KeyboardInterrupt) or progress's:
-        # nothing taken from src may vanish, so say where it is.
-        t.interrupted(exc)
-        raise
-    _stats.count_transfer("completed")
     return t.transferred
 
 
