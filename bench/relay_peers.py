@@ -27,7 +27,6 @@ import argparse
 import importlib.util
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,9 +34,9 @@ import tempfile
 import time
 from typing import Dict, List, Optional
 
+from _peers import CLK, cpu_seconds, free_port, install, wait_port
 from zcio import bench
 
-CLK = os.sysconf("SC_CLK_TCK")
 
 PY_RELAY = r"""
 import os, socket, sys, threading
@@ -166,39 +165,6 @@ for line in sys.stdin:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and its threads (and reaped children)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
-def install() -> None:
-    subprocess.run(["apt-get", "update", "-qq"], check=False)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "haproxy", "golang-go"],
-        check=False,
-        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-    )
-
-
 def start_relays(tmp: str, target: int) -> Dict[str, "tuple[subprocess.Popen, int]"]:
     relays: Dict[str, "tuple[subprocess.Popen, int]"] = {}
     for mode, label in (("zcio", "zcio.proxy"), ("splice", "os.splice relay"), ("copy", "recv_into/sendall")):
@@ -251,7 +217,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--gib", type=float, default=None, help="GiB per round (default 1, quick 0.25)")
     args = ap.parse_args(argv)
     if args.install:
-        install()
+        install(["haproxy", "golang-go"])
     rounds = args.rounds or (3 if args.quick else 7)
     size = int((args.gib or (0.25 if args.quick else 1.0)) * (1 << 30))
     with tempfile.TemporaryDirectory(prefix="zcio-relay-") as tmp:

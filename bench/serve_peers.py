@@ -45,9 +45,9 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Set, Tuple
 
+from _peers import CLK, cpu_seconds, free_port, install, wait_port
 from zcio import bench
 
-CLK = os.sysconf("SC_CLK_TCK")
 GiB = 1 << 30
 SMALL_FILES = 1000
 SMALL_SIZE = 4096
@@ -87,38 +87,6 @@ request = function()
     return wrk.format("GET", string.format("/small/f%d.bin", n % {count}))
 end
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK
-
-
-def wait_port(port: int, proc: "subprocess.Popen[bytes]", timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before listening on {port}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
-def install() -> None:
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "nginx", "wrk"], check=False, env=env)
 
 
 SERVER_CPUS: Optional[Set[int]] = None  # set by main() when pinning
@@ -327,7 +295,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         os.sched_setaffinity(0, {cpus[0]})
         placement = f"servers on CPU {cpus[-1]}, client and wrk on CPU {cpus[0]}"
     if args.install:
-        install()
+        install(["nginx", "wrk"])
     rounds = args.rounds or (3 if args.quick else 7)
     wrk_rounds = max(1, rounds // 2)
     size = int((args.gib or (0.25 if args.quick else 1.0)) * GiB)
