@@ -198,3 +198,35 @@ def test_cli_proxy_rejects_a_bad_address():
     out = subprocess.run([sys.executable, "-m", "zcio", "proxy", "nope", "1"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert "not host:port" in out.stderr
+
+
+def test_cli_proxy_lifts_a_low_fd_limit_to_what_its_bound_needs():
+    import resource
+
+    def low_limit() -> None:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+
+    target = EchoUpper()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zcio", "proxy", "--max-connections", "300", "0", str(target.port)],
+        stderr=subprocess.PIPE, text=True, preexec_fn=low_limit,
+    )
+    try:
+        assert proc.stderr is not None
+        assert proc.stderr.readline().startswith("zcio proxy: ")
+        with open(f"/proc/{proc.pid}/limits") as f:
+            line = next(x for x in f if x.startswith("Max open files"))
+        soft = line.split()[3]
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        expected = 2 * 300 + 64 if hard == resource.RLIM_INFINITY else min(2 * 300 + 64, hard)
+        assert int(soft) == expected
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(JOIN) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+        target.close()

@@ -5,6 +5,7 @@ import argparse
 import asyncio
 import logging
 import os
+import resource
 import signal
 import stat
 import sys
@@ -89,10 +90,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def raise_fd_limit(needed: int) -> int:
+    """Lift the soft RLIMIT_NOFILE toward ``needed`` (at most the hard limit).
+
+    A server for N connections needs about 2N fds (a relay) or N plus the
+    files it serves; the usual soft limit of 1024 would make it fail with
+    EMFILE long before its own bound. Returns the soft limit now in force.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        soft = want
+    return soft
+
+
 def proxy(args: argparse.Namespace) -> int:
     """``zcio proxy``: run a Relay until SIGINT or SIGTERM."""
     from .relay import Relay, parse_address
 
+    raise_fd_limit(2 * args.max_connections + 64)  # two sockets a client, pipes, the loop
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     relay = Relay(parse_address(args.listen), parse_address(args.target), max_connections=args.max_connections)
@@ -173,6 +190,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"zcio copy: {exc}", file=sys.stderr)
             return 1
     if args.command == "serve":
+        raise_fd_limit(2 * args.max_connections + 64)  # a socket and a file a client
         return serve.main(args)
     if args.command == "proxy":
         try:
