@@ -29,9 +29,9 @@ from typing import IO, Any, Callable, Dict, List, Optional, Tuple, Union
 
 from ._binding import lib
 from ._errors import TransferError, transfer_error
-from .lowlevel import FdLike
+from .lowlevel import FdLike, _nonneg
 from .pipes import PipePool
-from .streams import _nonneg, _Tee, _Transfer
+from .streams import _Tee, _Transfer
 from .zerocopy import DEFAULT_THRESHOLD, PoolBuffer, Ticket, ZeroCopySender
 
 __all__ = [

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import errno as _errno
 import functools
+import math
 import operator
 import os
 import platform
 import resource
+import select
 import socket
 from typing import Any, Dict, List, NamedTuple, NoReturn, Optional, Protocol, Sequence, Tuple, Union
 
@@ -122,6 +124,14 @@ def _int(value: int, name: str) -> int:
         raise TypeError(f"{name} must be an int, not {type(value).__name__}") from None
 
 
+def _nonneg(value: int, name: str) -> int:
+    """An int >= 0 (TypeError / ValueError otherwise)."""
+    value = _int(value, name)
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
+
+
 def _offset(offset: Optional[int], name: str) -> int:
     """None -> -1 (the C core's NULL); otherwise an int >= 0."""
     if offset is None:
@@ -130,6 +140,17 @@ def _offset(offset: Optional[int], name: str) -> int:
     if offset < 0:
         raise ValueError(f"{name} must be None or >= 0, got {offset}")
     return offset
+
+
+def _poll_fd(fd: int, events: int, timeout: Optional[float]) -> int:
+    """poll() one fd; returns its revents (0 on timeout). The wait is rounded
+    up to whole milliseconds, so it never ends before ``timeout``. Signals
+    propagate (PEP 475)."""
+    p = select.poll()
+    p.register(fd, events)
+    ms = -1 if timeout is None else max(0, math.ceil(timeout * 1000))
+    ready = p.poll(ms)
+    return ready[0][1] if ready else 0
 
 
 def _raise(err: int) -> NoReturn:

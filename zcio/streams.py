@@ -16,7 +16,6 @@ import contextlib
 import errno
 import fcntl
 import io
-import operator
 import os
 import select
 import socket
@@ -28,7 +27,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 from . import _stats
 from ._binding import ffi, lib
 from ._errors import TransferError, transfer_error, transfer_timeout
-from .lowlevel import SPLICE_F_NONBLOCK, FdLike, _fd, splice, tee
+from .lowlevel import SPLICE_F_NONBLOCK, FdLike, _fd, _nonneg, _poll_fd, splice, tee
 from .pipes import Pipe, PipePool, default_pool
 
 __all__ = ["splice_pipe", "tee_pipe", "proxy", "stats"]
@@ -300,13 +299,6 @@ class _Transfer:
                 self.dst_obj.seek(os.lseek(self.dst_fd, 0, os.SEEK_CUR))
 
 
-def _poll(fd: int, events: int, timeout: Optional[float]) -> bool:
-    """Wait until fd is ready for ``events``; False if ``timeout`` ran out."""
-    p = select.poll()
-    p.register(fd, events)
-    return bool(p.poll(None if timeout is None else max(0, int(timeout * 1000))))
-
-
 def splice_pipe(
     src: FdLike,
     dst: FdLike,
@@ -361,13 +353,6 @@ def splice_pipe(
         t.close()
 
 
-def _nonneg(value: int, name: str) -> int:
-    value = operator.index(value)
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return value
-
-
 def _run(t: _Transfer, timeout: Optional[float], progress: Optional[Progress]) -> int:
     x = t.x
     last_progress = time.monotonic()
@@ -383,7 +368,7 @@ def _run(t: _Transfer, timeout: Optional[float], progress: Optional[Progress]) -
                     t.prefix += os.write(x.dst, view[t.prefix :])
                     last_progress = time.monotonic()
                 except BlockingIOError:
-                    _poll(x.dst, select.POLLOUT, remaining())
+                    _poll_fd(x.dst, select.POLLOUT, remaining())
                     if remaining() == 0:
                         raise transfer_timeout(t.transferred, t.pending(), timeout or 0) from None
                 except OSError as exc:
@@ -511,7 +496,7 @@ def tee_pipe(
             want = t.want()
             n = t.fill(want) if want else 0
             if n is None:
-                if not _poll(t.src, select.POLLIN, timeout):
+                if not _poll_fd(t.src, select.POLLIN, timeout):
                     raise transfer_timeout(t.total, t.main.drain(), timeout or 0)
                 continue
             if n == 0:

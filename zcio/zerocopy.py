@@ -120,7 +120,7 @@ from typing import (
 from . import lowlevel
 from ._binding import ffi, lib
 from ._errors import TransferError, transfer_error
-from .lowlevel import Completion, FdLike, _fd
+from .lowlevel import Completion, FdLike, _fd, _nonneg, _poll_fd
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pipes import Pipe
@@ -441,15 +441,6 @@ class _Source:
 
     def wait(self, ticket: Ticket, timeout: Optional[float]) -> bool:  # pragma: no cover
         raise NotImplementedError
-
-
-def _poll_fd(fd: int, events: int, timeout: Optional[float]) -> int:
-    """poll() one fd; returns its revents (0 on timeout). Signals propagate."""
-    p = select.poll()
-    p.register(fd, events)
-    ms = -1 if timeout is None else max(0, math.ceil(timeout * 1000))
-    ready = p.poll(ms)
-    return ready[0][1] if ready else 0
 
 
 def _remaining(deadline: Optional[float]) -> Optional[float]:
@@ -870,10 +861,8 @@ class ZeroCopySender:
     ) -> None:
         if policy not in _POLICIES:
             raise ValueError(f"policy must be one of {_POLICIES}, got {policy!r}")
-        threshold = operator.index(threshold)
+        threshold = _nonneg(threshold, "threshold")
         reap_every = operator.index(reap_every)
-        if threshold < 0:
-            raise ValueError(f"threshold must be >= 0, got {threshold}")
         if reap_every < 1:
             raise ValueError(f"reap_every must be >= 1, got {reap_every}")
         self._closed = True  # until fully set up
