@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import signal
 import socket
@@ -9,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, List, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -169,20 +170,20 @@ def test_relay_drops_a_client_when_the_target_refuses():
         target.close()
 
 
-def test_cli_proxy_relays_and_stops_cleanly_on_sigterm():
+@contextlib.contextmanager
+def cli_proxy(*args: str, preexec_fn: Optional[Callable[[], None]] = None) -> Iterator[Tuple["subprocess.Popen[str]", int]]:
+    """``zcio proxy ARGS... 0 TARGET`` in front of an EchoUpper: yields the
+    process once it listens, and the port; SIGTERM must end it with 0."""
     target = EchoUpper()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "zcio", "proxy", "0", str(target.port)],
-        stderr=subprocess.PIPE,
-        text=True,
+        [sys.executable, "-m", "zcio", "proxy", *args, "0", str(target.port)],
+        stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn,
     )
     try:
         assert proc.stderr is not None
         line = proc.stderr.readline()
         assert line.startswith("zcio proxy: 127.0.0.1:"), line
-        port = int(line.split()[2].rsplit(":", 1)[1])
-        data = payload(2 << 20, 5)
-        assert client(port, data) == data[::-1]
+        yield proc, int(line.split()[2].rsplit(":", 1)[1])
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(JOIN) == 0
     finally:
@@ -192,6 +193,12 @@ def test_cli_proxy_relays_and_stops_cleanly_on_sigterm():
         if proc.stderr:
             proc.stderr.close()
         target.close()
+
+
+def test_cli_proxy_relays_and_stops_cleanly_on_sigterm():
+    with cli_proxy() as (_, port):
+        data = payload(2 << 20, 5)
+        assert client(port, data) == data[::-1]
 
 
 def test_cli_proxy_rejects_a_bad_address():
@@ -207,26 +214,10 @@ def test_cli_proxy_lifts_a_low_fd_limit_to_what_its_bound_needs():
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
 
-    target = EchoUpper()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "zcio", "proxy", "--max-connections", "300", "0", str(target.port)],
-        stderr=subprocess.PIPE, text=True, preexec_fn=low_limit,
-    )
-    try:
-        assert proc.stderr is not None
-        assert proc.stderr.readline().startswith("zcio proxy: ")
+    with cli_proxy("--max-connections", "300", preexec_fn=low_limit) as (proc, _):
         with open(f"/proc/{proc.pid}/limits") as f:
             line = next(x for x in f if x.startswith("Max open files"))
         soft = line.split()[3]
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         expected = 2 * 300 + 64 if hard == resource.RLIM_INFINITY else min(2 * 300 + 64, hard)
         assert int(soft) == expected
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(JOIN) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
-        target.close()
