@@ -66,6 +66,17 @@ def test_info_prints_features(capsys):
     assert text == format_features(f) + "\n"
 
 
+def test_a_reader_that_left_gets_no_traceback():
+    r, w = os.pipe()
+    os.close(r)  # like `zcio info | head -0`
+    try:
+        out = run("info", stdout=w)
+    finally:
+        os.close(w)
+    assert out.returncode == 1
+    assert out.stderr == b""
+
+
 def test_copy_file_to_file_keeps_mode(tmp_path):
     src = tmp_path / "s"
     src.write_bytes(os.urandom(300_000))

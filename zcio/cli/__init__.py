@@ -10,6 +10,7 @@ the library imports this package.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import sys
@@ -80,11 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         status: int = args.run(args)
         sys.stdout.flush()
+    except KeyboardInterrupt:  # where a command has nothing more to say about it
+        print(f"zcio {args.command}: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # stdout's reader left (``zcio info | head -1``): say nothing more, and
         # keep the interpreter from failing again as it flushes at exit.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
         return 1
     return status

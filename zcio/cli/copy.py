@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import stat
 import sys
@@ -69,7 +70,11 @@ def _opened(args: argparse.Namespace) -> Iterator[tuple[int, int, os.stat_result
         if _same(st, dst_st):
             raise SameFile(f"{args.src!r} and {args.dst!r} are the same file")
         if args.dst != "-" and stat.S_ISREG(dst_st.st_mode):
-            os.ftruncate(dst, 0)
+            try:
+                os.ftruncate(dst, 0)
+            except OSError as exc:  # a file system whose files have no size to cut
+                if exc.errno != errno.EINVAL:  # (where O_TRUNC is ignored): go on
+                    raise
         yield src, dst, st
 
 
