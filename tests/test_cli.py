@@ -52,7 +52,8 @@ def test_help_lists_the_commands():
 def test_the_console_script_and_python_m_are_one_cli():
     import importlib.metadata
 
-    (script,) = [e for e in importlib.metadata.entry_points(group="console_scripts") if e.name == "zcio"]
+    scripts = importlib.metadata.distribution("zcio").entry_points
+    (script,) = [e for e in scripts if e.group == "console_scripts" and e.name == "zcio"]
     assert script.value == "zcio.cli:main"
     assert script.load() is main
 
@@ -249,6 +250,24 @@ def _read_exactly(fd: int, n: int) -> bytes:
     return got
 
 
+def _wait_until_asleep(proc: subprocess.Popen) -> None:
+    """Wait until ``proc`` sleeps in a system call.
+
+    A SIGINT that lands while the copy runs Python code between two kernel
+    calls is only acted on after the next call returns, and with blocking fds
+    that call may wait for input that never comes; this test is about what
+    the command says once interrupted, so it signals a sleeping process.
+    """
+    deadline = time.monotonic() + WAIT
+    while True:
+        with open(f"/proc/{proc.pid}/stat") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+        if state == "S":
+            return
+        assert time.monotonic() < deadline, f"zcio copy never went to sleep (state {state})"
+        time.sleep(0.001)
+
+
 def test_ctrl_c_in_copy_reports_the_bytes_copied(tmp_path):
     """A FIFO source that stays open: once the bytes written so far came out
     of the (FIFO) destination, SIGINT must end the copy with one line that
@@ -272,7 +291,8 @@ def test_ctrl_c_in_copy_reports_the_bytes_copied(tmp_path):
         feeder.start()
         assert _read_exactly(reader, len(data)) == data
         feeder.join()
-        proc.send_signal(signal.SIGINT)  # the copy now waits for more input
+        _wait_until_asleep(proc)  # the copy now waits in the kernel for more input
+        proc.send_signal(signal.SIGINT)
         assert proc.wait(WAIT) == 130
         err = one_line(proc.stderr.read().decode())
         assert err == f"zcio copy: interrupted after {len(data)} bytes\n"
