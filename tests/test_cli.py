@@ -358,6 +358,14 @@ def test_progress_bar_with_a_total_draws_at_most_hz_and_always_the_end():
     assert "left" not in line
 
 
+@pytest.mark.parametrize("width", [200, 80, 60, 40, 20])
+def test_progress_line_never_wraps(width):
+    bar = ProgressBar(io.StringIO(), 3 << 30)
+    line = bar.render(1 << 30, 10.0, width)
+    assert len(line) < width and "33.3%" in line
+    assert ("[" in line) == (width >= 60)
+
+
 def test_progress_bar_close_before_any_draw_writes_nothing():
     out = io.StringIO()
     ProgressBar(out, 10).close()

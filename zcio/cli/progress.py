@@ -54,29 +54,33 @@ class ProgressBar:
         self.last: float | None = None
         self.shown = 0  # characters of the line now on screen
 
-    def render(self, done: int, elapsed: float) -> str:
-        """The text of the line for ``done`` bytes after ``elapsed`` seconds."""
+    def render(self, done: int, elapsed: float, width: int = 80) -> str:
+        """The text of the line for ``done`` bytes after ``elapsed`` seconds,
+        shorter than ``width`` columns (the bar gives way first, then the ETA)."""
         rate = done / elapsed if elapsed > 0 else 0.0
         speed = f"{human_size(rate)}/s"
         if not self.total:
-            return f"{human_size(done)}  {speed}"
+            return f"{human_size(done)}  {speed}"[: width - 1]
         frac = min(1.0, done / self.total)
-        bar = "#" * int(frac * 30)
-        text = f"[{bar:<30}] {frac * 100:5.1f}%  {human_size(done)} / {human_size(self.total)}  {speed}"
+        text = f" {frac * 100:5.1f}%  {human_size(done)} / {human_size(self.total)}  {speed}"
         if 0 < rate and done < self.total:
-            text += f"  {_duration((self.total - done) / rate)} left"
-        return text
+            eta = f"  {_duration((self.total - done) / rate)} left"
+            if len(text) + len(eta) + 12 < width:
+                text += eta
+        cells = min(30, width - 3 - len(text))
+        if cells < 10:  # no room for a bar worth the name
+            return text.strip()[: width - 1]
+        return f"[{'#' * int(frac * cells):<{cells}}]" + text
 
     def __call__(self, done: int) -> None:
         now = self.clock()
         if self.last is not None and now - self.last < self.period and done != self.total:
             return
         self.last = now
-        self.draw(self.render(done, now - self.start))
+        self.draw(self.render(done, now - self.start, self._width()))
 
     def draw(self, text: str) -> None:
         """Replace the line on screen with ``text``."""
-        text = text[: self._width() - 1]
         self.stream.write("\r" + text + " " * max(0, self.shown - len(text)))
         self.stream.flush()
         self.shown = len(text)
