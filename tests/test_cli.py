@@ -484,6 +484,7 @@ def test_plot_draws_a_png(tmp_path):
             bench.Row("bytes case", "bytes", "peer", "p", [bench.Sample(50.0, 40.0, 1 << 30)] * 3),
             bench.Row("calls case", "calls", "zcio", "z", [bench.Sample(1.0, 1.0, 100)] * 3),
             bench.Row("calls case", "calls", "stdlib", "s", [bench.Sample(1.0, 1.0, 120)] * 3),
+            bench.Row("no baseline", "calls", "zcio", "z", [bench.Sample(1.0, 1.0, 100)] * 3),
         ]
     )
     path = tmp_path / "p.png"

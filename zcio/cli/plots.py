@@ -156,8 +156,12 @@ def _draw_panel(ax: Any, column: Any, rows: list[tuple[float, _Line]], panel: _P
 
     for y, role, f in figures:
         if f.ratio is None:  # the stdlib's row: a mark at 1 and its figure
-            ax.plot([1.0], [y], marker="D", color="black", markersize=4, zorder=3)
-            column.text(0.04, y, f"= {f.text}", va="center", fontsize=8, color="#555")
+            if role == "stdlib":
+                ax.plot([1.0], [y], marker="D", color="black", markersize=4, zorder=3)
+                column.text(0.04, y, f"= {f.text}", va="center", fontsize=8, color="#555")
+            else:  # a case without a stdlib contender (os.splice is 3.10+)
+                column.text(0.04, y, "n/a", va="center", fontsize=8, color="#555")
+                column.text(0.42, y, f.text, va="center", fontsize=8, color="#222")
             continue
         ax.barh(y, clip(f.ratio) - 1.0, left=1.0, height=0.62, color=_ZCIO if role == "zcio" else _PEER, zorder=3)
         if f.rounds:
@@ -213,7 +217,7 @@ def plot(results: Sequence[Result], path: str) -> None:
         fig.legend(handles=legend, loc="lower left", ncol=4, fontsize=8, frameon=False, bbox_to_anchor=(0.01, 0))
         fig.text(0.99, 0.012, "ratio in green: better, red: worse, grey: the rounds fall on both sides of 1×",
                  ha="right", va="bottom", fontsize=8, color="#555")
-        rounds = max((len(ln.speed.rounds) for _, ln in rows), default=0)
+        rounds = max((int(d.get("samples", 0)) for d in results), default=0)
         fig.suptitle(
             f"zcio bench — Linux {platform.release()}, Python {platform.python_version()}, "
             f"{rounds} interleaved rounds per case; log scales, better to the right",
