@@ -24,7 +24,6 @@ import os
 import select
 import socket
 import stat
-import sys
 from typing import IO, Any, Callable, Dict, List, Optional, Tuple, Union
 
 from ._binding import lib
@@ -42,26 +41,11 @@ __all__ = [
     "proxy",
     "AsyncZeroCopySender",
     "AsyncTicket",
-    "new_event_loop",
 ]
 
 _DONE, _MORE, _WAIT = lib.ZCIO_DONE, lib.ZCIO_MORE, lib.ZCIO_WAIT
 
 
-def new_event_loop(uvloop: bool = False, *, warn: str = "zcio") -> Tuple[asyncio.AbstractEventLoop, str]:
-    """A new event loop for zcio's servers, and its name.
-
-    uvloop's when asked for and installed; otherwise asyncio's (saying so on
-    stderr, prefixed with ``warn``, when uvloop was asked for).
-    """
-    if uvloop:
-        try:
-            import uvloop as _uvloop
-        except ImportError:
-            print(f"{warn}: uvloop is not installed; using asyncio's loop", file=sys.stderr)
-        else:
-            return _uvloop.new_event_loop(), "uvloop"
-    return asyncio.new_event_loop(), "asyncio"
 _SLICE_MS = 2
 _SLICE_BYTES = 8 << 20
 

@@ -1099,14 +1099,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--send-timeout", type=float, default=60.0, metavar="S", help="seconds a client may stall a download (default: 60)")
 
 
-def main(args: argparse.Namespace) -> int:
-    """``zcio serve``: run a FileServer until SIGINT or SIGTERM."""
+def main(
+    args: argparse.Namespace,
+    new_loop: Callable[[bool], Tuple[asyncio.AbstractEventLoop, str]],
+) -> int:
+    """``zcio serve``: run a FileServer until SIGINT or SIGTERM, on the loop
+    ``new_loop(args.uvloop)`` makes (and names)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.WARNING if args.quiet else logging.INFO)
     log.propagate = False
-    loop, kind = aio.new_event_loop(args.uvloop, warn="zcio serve")
+    loop, kind = new_loop(args.uvloop)
     try:
         return loop.run_until_complete(_cli(args, kind))
     finally:

@@ -1,12 +1,12 @@
-"""``zcio bench`` case: MSG_ZEROCOPY sends over TCP loopback.
+"""MSG_ZEROCOPY cases: sends over TCP loopback.
 
 Contenders, per buffer size (64 KiB and 1 MiB): ``socket.sendall`` (the
 stdlib), :class:`zcio.ZeroCopySender` with ``policy="always"`` and with
 ``policy="auto"``. Each contender has its own connection to one fixed
 receiver -- a separate process that reads with ``recv_into`` and discards,
 started once per case and identical for everyone. CPU is that of the sending
-thread (``bench.measure`` uses RUSAGE_THREAD); a zcio run ends with
-``flush()``, so it includes reaping every completion.
+thread (:func:`~zcio.bench.harness.measure` uses RUSAGE_THREAD); a zcio run
+ends with ``flush()``, so it includes reaping every completion.
 
 Loopback always copies MSG_ZEROCOPY data (the completions say COPIED), so
 "always" shows the cost of the notification machinery without its benefit,
@@ -14,10 +14,8 @@ and "auto" shows that the sender gets out of the way once it learned that.
 The real gain needs a NIC (up to 70% fewer sender cycles in the kernel's
 numbers).
 
-Register the two :class:`~zcio.bench.Case` objects in :data:`CASES` (one per
-size, so each size has its own stdlib baseline in the ratio column), or
-``Case(name, "bytes", zerocopy_case)`` for both sizes in one case (its ratios
-then all refer to the 64 KiB stdlib row).
+:data:`CASES` holds one case per size, so each size has its own stdlib
+baseline in the ratio column.
 """
 from __future__ import annotations
 
@@ -27,12 +25,13 @@ import os
 import socket
 import subprocess
 import sys
-from typing import Callable, Iterator, List, Sequence, Tuple
+from collections.abc import Iterator, Sequence
+from typing import Callable
 
-from .bench import Case, Contender, Sample, measure
-from .zerocopy import ZeroCopySender
+from .. import ZeroCopySender
+from .harness import Case, Contender, Sample, measure
 
-__all__ = ["zerocopy_case", "CASES"]
+__all__ = ["CASES", "zerocopy_case"]
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -61,7 +60,7 @@ def _label(size: int) -> str:
 
 
 @contextlib.contextmanager
-def _receiver() -> Iterator[Tuple[str, int]]:
+def _receiver() -> Iterator[tuple[str, int]]:
     proc = subprocess.Popen(
         [sys.executable, "-c", _RECEIVER],
         stdin=subprocess.PIPE,
@@ -87,14 +86,14 @@ def _receiver() -> Iterator[Tuple[str, int]]:
 @contextlib.contextmanager
 def zerocopy_case(
     tmp: str, quick: bool, sizes: Sequence[int] = (64 * KiB, 1 * MiB)
-) -> Iterator[List[Contender]]:
+) -> Iterator[list[Contender]]:
     """TCP loopback sends of each buffer size: stdlib vs ZeroCopySender.
 
     Args:
         tmp: the bench's temp dir (unused: the data is generated in memory).
         quick: 256 MiB per sample instead of 1 GiB.
         sizes: buffer sizes; with more than one, every size's rows share the
-            first stdlib row as baseline in ``bench.ratios`` -- register one
+            first stdlib row as baseline in ``harness.ratios`` -- register one
             case per size (see :data:`CASES`) for per-size ratios.
 
     Yields:
@@ -104,7 +103,7 @@ def zerocopy_case(
     total = (256 if quick else 1024) * MiB
     with contextlib.ExitStack() as stack:
         address = stack.enter_context(_receiver())
-        contenders: List[Contender] = []
+        contenders: list[Contender] = []
         for size in sizes:
             buf = bytearray(os.urandom(size))
             count = max(1, total // size)
@@ -155,7 +154,7 @@ def _zcio(z: ZeroCopySender, buf: bytearray, count: int) -> Callable[[], Sample]
     return run
 
 
-CASES: List[Case] = [
+CASES: list[Case] = [
     Case(
         f"MSG_ZEROCOPY TCP send {_label(size)}",
         "bytes",
