@@ -149,7 +149,8 @@ class _NativeSend:
         self.left = count
         self.sent = 0
         self.calls = 0
-        self.fut: asyncio.Future[None] = loop.create_future()
+        self.error: OSError | None = None  # what ended the call, if not success
+        self.fut: asyncio.Future[None] = loop.create_future()  # resolved when over
 
     def step(self, out_fd: int) -> bool:
         """One sendfile; True when the call is over (the future is resolved)."""
@@ -158,7 +159,8 @@ class _NativeSend:
         except BlockingIOError:
             return False
         except OSError as exc:
-            self.fut.set_exception(exc)
+            self.error = exc
+            self.fut.set_result(None)
             return True
         self.calls += 1
         self.sent += n
@@ -173,9 +175,8 @@ class _NativeSend:
         if self.fut.done():
             return
         if self.transport.is_closing():
-            self.fut.set_exception(
-                transfer_error(errno.ECONNABORTED, self.sent, b"", "the transport was closed during sendfile")
-            )
+            self.error = transfer_error(errno.ECONNABORTED, self.sent, b"", "the transport was closed during sendfile")
+            self.fut.set_result(None)
             return
         if self.transport.get_write_buffer_size():
             return  # its own writer callback drains it; wait for the next wake
@@ -209,7 +210,7 @@ async def _send_native(job: _NativeSend, loop: asyncio.AbstractEventLoop, fd: in
     finally:
         if job.calls:
             _stats.count_path("sendfile", job.sent, job.calls)
-    exc = job.fut.exception()
+    exc = job.error
     if exc is None:
         return
     err = getattr(exc, "errno", None) or errno.EIO
