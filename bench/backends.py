@@ -18,7 +18,8 @@ Access logs are off for all.
 
 (a) One G GiB file (default 1) fetched over loopback by a fixed downloader:
     this process sends one GET and splices the body into /dev/null through a
-    pipe, identical for every server. Rounds are interleaved (the order
+    pipe, identical for every server; a sample is ``--repeat`` downloads
+    (default 3), because /proc's CPU times come in 1/CLK_TCK steps. Rounds are interleaved (the order
     reversed every other round); medians of the server process's CPU seconds
     per GiB (utime + stime from /proc/PID/stat, all threads) and throughput.
 (b) System calls per GiB of the stdlib-loop pair: ``strace -c -f -p PID``
@@ -208,7 +209,7 @@ def _touch() -> None:
     bytearray(128 << 20)
 
 
-def big_file(servers: Dict[str, Server], size: int, rounds: int) -> Dict[str, List[Tuple[float, float]]]:
+def big_file(servers: Dict[str, Server], size: int, rounds: int, repeat: int) -> Dict[str, List[Tuple[float, float]]]:
     null = os.open(os.devnull, os.O_WRONLY)
     r, w = os.pipe()
     try:
@@ -226,7 +227,7 @@ def big_file(servers: Dict[str, Server], size: int, rounds: int) -> Dict[str, Li
             for kind, s in order:
                 _touch()
                 c0, t0 = cpu_seconds(s.pid), time.perf_counter()
-                got = download(s.port, "/big.bin", null, (r, w))
+                got = sum(download(s.port, "/big.bin", null, (r, w)) for _ in range(repeat))
                 t1 = time.perf_counter()
                 time.sleep(0.05)  # let the server finish its bookkeeping
                 c1 = cpu_seconds(s.pid)
@@ -344,6 +345,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--rounds", type=int, default=None, help="rounds of (a) (default 5, quick 3); (c) uses the same")
     ap.add_argument("--gib", type=float, default=None, help="size of the big file (default 1, quick 0.25)")
     ap.add_argument("--duration", type=int, default=None, help="seconds per wrk run (default 4, quick 2)")
+    ap.add_argument("--repeat", type=int, default=None,
+                    help="downloads per sample of (a) (default 3, quick 1): CPU time comes in 1/CLK_TCK steps")
     ap.add_argument("--no-strace", dest="strace", action="store_false", help="skip part (b)")
     ap.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin servers and client to CPUs")
     ap.add_argument("--only", default=None, help="comma-separated pair names: uvicorn, aiohttp, streams")
@@ -362,6 +365,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     rounds = args.rounds or (3 if args.quick else 5)
     size = int((args.gib or (0.25 if args.quick else 1.0)) * GiB)
     duration = args.duration or (2 if args.quick else 4)
+    repeat = args.repeat or (1 if args.quick else 3)
     pairs = [p for p in PAIRS if args.only is None or p[1] in args.only.split(",")]
     wrk = shutil.which("wrk")
     if wrk is None:
@@ -378,7 +382,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             for _, default, zcio_kind in pairs:
                 for kind in (default, zcio_kind):
                     servers[kind] = Server(kind, root)
-            a = big_file(servers, size, rounds)
+            a = big_file(servers, size, rounds, repeat)
             stdlib = {k: servers[k] for k in ("streams", "streams-zcio") if k in servers}
             b = syscalls(stdlib, size, 2) if args.strace and stdlib else {}
             c = small_files(servers, wrk, duration, rounds) if wrk else {}
@@ -388,7 +392,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     print(f"zcio under other servers, loopback, {os.cpu_count()} CPUs ({placement}), CLK_TCK={CLK}; "
           "a shared machine: other work ran beside this one")
-    print(f"\n(a) one {size / GiB:g} GiB file, fixed splicing downloader, {rounds} interleaved rounds, medians")
+    print(f"\n(a) one {size / GiB:g} GiB file downloaded {repeat}x per sample, fixed splicing downloader, "
+          f"{rounds} interleaved rounds, medians")
     print(f"{'framework':38} {'default s/GiB':>14} {'zcio s/GiB':>11} {'ratio':>6} "
           f"{'default GiB/s':>14} {'zcio GiB/s':>11}")
     for label, default, zk in pairs:

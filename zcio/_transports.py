@@ -140,50 +140,50 @@ class _NativeSend:
     it queued goes first) a wake only checks it.
     """
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, transport: asyncio.WriteTransport, in_fd: int, offset: int, count: int
-    ) -> None:
+    def __init__(self, transport: asyncio.WriteTransport, in_fd: int, offset: int, count: int) -> None:
         self.transport = transport
         self.in_fd = in_fd
         self.position = offset
         self.left = count
         self.sent = 0
         self.calls = 0
+        self.over = count == 0
         self.error: OSError | None = None  # what ended the call, if not success
-        self.fut: asyncio.Future[None] = loop.create_future()  # resolved when over
+        self.fut: asyncio.Future[None] | None = None  # made only if the call must wait
 
-    def step(self, out_fd: int) -> bool:
-        """One sendfile; True when the call is over (the future is resolved)."""
+    def step(self, out_fd: int) -> None:
+        """One sendfile; sets ``over`` when it was the last one."""
         try:
             n = _sendfile(out_fd, self.in_fd, self.position, min(self.left, _MAX_CALL))
         except BlockingIOError:
-            return False
+            return
         except OSError as exc:
             self.error = exc
-            self.fut.set_result(None)
-            return True
+            self.over = True
+            return
         self.calls += 1
         self.sent += n
         self.position += n
         self.left -= n
         if n == 0 or self.left == 0:  # done, or the file ended early (truncated)
-            self.fut.set_result(None)
-            return True
-        return False
+            self.over = True
 
     def ready(self, out_fd: int) -> None:
-        if self.fut.done():
+        """The loop's reader callback: the socket is writable."""
+        if self.over:
             return
         if self.transport.is_closing():
             self.error = transfer_error(errno.ECONNABORTED, self.sent, b"", "the transport was closed during sendfile")
-            self.fut.set_result(None)
-            return
-        if self.transport.get_write_buffer_size():
+            self.over = True
+        elif self.transport.get_write_buffer_size():
             return  # its own writer callback drains it; wait for the next wake
-        self.step(out_fd)
+        else:
+            self.step(out_fd)
+        if self.over and self.fut is not None and not self.fut.done():
+            self.fut.set_result(None)
 
 
-async def _send_native(job: _NativeSend, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+async def _send_native(job: _NativeSend, fd: int) -> None:
     """Run ``job`` on socket ``fd``. Raises SendfileNotAvailableError when the
     kernel refuses the pair before a byte moved; on any other error aborts
     the transport and raises a TransferError (``transferred``)."""
@@ -192,11 +192,11 @@ async def _send_native(job: _NativeSend, loop: asyncio.AbstractEventLoop, fd: in
         # Fast path: the transport holds nothing, so try once right away; a
         # body that fits in the socket buffer is then sent without setting
         # up a watch or pausing reading (the loop does not run meanwhile).
-        if job.left == 0:
-            job.fut.set_result(None)
-        elif transport.get_write_buffer_size() == 0:
-            job.step(fd)  # resolves the future when it is the last call
-        if not job.fut.done():
+        if not job.over and transport.get_write_buffer_size() == 0:
+            job.step(fd)
+        if not job.over:
+            loop = asyncio.get_running_loop()
+            job.fut = loop.create_future()
             was_reading = transport.is_reading()  # type: ignore[attr-defined]
             transport.pause_reading()  # type: ignore[attr-defined]
             try:
@@ -375,7 +375,6 @@ async def transport_sendfile(
         asyncio.CancelledError: the file position is ``offset`` plus what was
             sent.
     """
-    loop = asyncio.get_running_loop()
     offset = _nonneg(offset, "offset")
     if count is not None:
         count = _nonneg(count, "count")
@@ -393,9 +392,9 @@ async def transport_sendfile(
             sock, reason = None, "not_a_regular_file"
     job: _NativeSend | _Copy
     if sock is not None:
-        job = _NativeSend(loop, transport, in_fd, offset, max(0, size - offset) if count is None else count)
+        job = _NativeSend(transport, in_fd, offset, max(0, size - offset) if count is None else count)
         try:
-            await _send_native(job, loop, sock.fileno())
+            await _send_native(job, sock.fileno())
             return job.sent
         except asyncio.SendfileNotAvailableError as exc:
             if not fallback:
