@@ -85,13 +85,15 @@ def listener() -> socket.socket:
 
 
 @contextlib.contextmanager
-def uvicorn_server(lt: LoopThread, app: Any, http: Any, certfile: Optional[str] = None) -> Iterator[int]:
+def uvicorn_server(
+    lt: LoopThread, app: Any, http: Any, certfile: Optional[str] = None, log_level: str = "warning"
+) -> Iterator[int]:
     """uvicorn serving ``app`` with protocol class ``http``; yields the port."""
     import uvicorn
 
     sock = listener()
     config = uvicorn.Config(
-        app, http=http, lifespan="off", log_level="warning", ssl_certfile=certfile, ssl_keyfile=certfile
+        app, http=http, lifespan="off", log_level=log_level, ssl_certfile=certfile, ssl_keyfile=certfile
     )
     server = uvicorn.Server(config)
 

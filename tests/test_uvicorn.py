@@ -3,7 +3,7 @@ real uvicorn + Starlette on the stdlib loop and on uvloop."""
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator, Tuple
+from typing import Any, Iterator, List, Tuple
 
 import pytest
 
@@ -165,3 +165,28 @@ def test_import_string_and_extensions_offered(loop_thread: LoopThread) -> None:
     with uvicorn_server(loop_thread, app, "zcio.uvicorn:H11Protocol") as port, Client(port) as c:
         assert c.request("GET", "/").status == 204
     assert zu.PATHSEND in seen and zu.ZEROCOPYSEND in seen
+
+
+@pytest.mark.parametrize("http", PROTOCOLS)
+def test_access_log_still_written(loop_thread: LoopThread, http: Any, files: Any) -> None:
+    import logging
+
+    small_path, small, big_path = files
+    lines: List[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    keep = Keep()
+    access = logging.getLogger("uvicorn.access")
+    with uvicorn_server(loop_thread, make_app(small_path, big_path), http, log_level="info") as port:
+        access.addHandler(keep)  # after uvicorn configured its logging
+        try:
+            with Client(port) as c:
+                assert sha(c.request("GET", "/small").body) == sha(small)
+                assert c.request("HEAD", "/small").body == b""
+        finally:
+            access.removeHandler(keep)
+    assert any('"GET /small HTTP/1.1" 200' in line for line in lines), lines
+    assert any('"HEAD /small HTTP/1.1" 200' in line for line in lines), lines
