@@ -105,7 +105,11 @@ def uvicorn_server(
             task.result()
         return task
 
-    task = lt.run(start())
+    try:
+        task = lt.run(start())
+    except BaseException:
+        sock.close()
+        raise
     try:
         yield sock.getsockname()[1]
     finally:
