@@ -247,6 +247,13 @@ def test_arguments(run: Any, data_file: Any, tmp_path: Any) -> None:
                 await aio.transport_sendfile(t, f, 0, -1)
             with open(tmp_path / "t.txt", "w") as text, pytest.raises(TypeError):
                 await aio.transport_sendfile(t, text)
+            r, w = os.pipe()
+            try:
+                with pytest.raises(ValueError):
+                    await aio.transport_sendfile(t, r)
+            finally:
+                os.close(r)
+                os.close(w)
             writer.close()
             with pytest.raises(RuntimeError):
                 await aio.transport_sendfile(t, f)

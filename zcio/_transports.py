@@ -97,6 +97,8 @@ def _file_fd(file: FileArg) -> int:
     fileno = getattr(file, "fileno", None)
     if fileno is None:
         raise TypeError(f"file must be a binary file object or an fd, not {type(file).__name__}")
+    if isinstance(file, (io.BufferedRandom, io.BufferedWriter)):
+        file.flush()  # bytes written through the object go out too
     return int(fileno())
 
 
@@ -364,13 +366,14 @@ async def transport_sendfile(
 
     Raises:
         asyncio.SendfileNotAvailableError: ``fallback`` is false and the
-            transport is TLS or socket-less, the file is not a regular file,
-            or the kernel refuses sendfile for the pair.
+            transport is TLS or socket-less, or the kernel refuses sendfile
+            for the pair.
         TransferError: an error once the body started (a reset peer gives a
             ConnectionResetError/BrokenPipeError that is also a
             TransferError), with ``transferred``; the transport is aborted.
         RuntimeError: the transport is closing.
-        ValueError: a negative offset or count.
+        ValueError: a negative offset or count; a file that is not a
+            regular file.
         TypeError: a text-mode file or something that is not a file.
         asyncio.CancelledError: the file position is ``offset`` plus what was
             sent.
@@ -379,20 +382,16 @@ async def transport_sendfile(
     if count is not None:
         count = _nonneg(count, "count")
     in_fd = _file_fd(file)
+    st = os.fstat(in_fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError("file must be a regular file")
     if transport.is_closing():
         raise RuntimeError("Transport is closing")
     sock = _stream_socket(transport)
     reason = "tls" if transport.get_extra_info("ssl_object") is not None else "no_socket"
-    size = 0
-    if sock is not None:
-        st = os.fstat(in_fd)
-        if stat.S_ISREG(st.st_mode):
-            size = st.st_size
-        else:
-            sock, reason = None, "not_a_regular_file"
     job: _NativeSend | _Copy
     if sock is not None:
-        job = _NativeSend(transport, in_fd, offset, max(0, size - offset) if count is None else count)
+        job = _NativeSend(transport, in_fd, offset, max(0, st.st_size - offset) if count is None else count)
         try:
             await _send_native(job, sock.fileno())
             return job.sent
