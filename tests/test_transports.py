@@ -273,9 +273,10 @@ def test_loop_factory_kinds() -> None:
         assert isinstance(loop, asyncio.SelectorEventLoop)
     finally:
         loop.close()
-    with asyncio.Runner(loop_factory=aio.loop_factory) as runner:
-        assert runner.get_loop().sendfile.__func__.__name__ == "sendfile"  # type: ignore[attr-defined]
-        assert runner.run(asyncio.sleep(0, "ok")) == "ok"
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=aio.loop_factory) as runner:
+            assert type(runner.get_loop()).sendfile is not asyncio.AbstractEventLoop.sendfile
+            assert runner.run(asyncio.sleep(0, "ok")) == "ok"
     if has_uvloop():
         import uvloop
 

@@ -99,6 +99,8 @@ class _Send:
         if offset < 0 or count < 0 or offset + count > size:
             raise ValueError(f"offset {offset} and count {count} do not lie within the file ({size} bytes)")
         if cycle.scope["method"] != "HEAD" and count:
+            if cycle.transport.is_closing():  # as uvicorn's writes to it, a no-op
+                return
             try:
                 await self._body(file, offset, count)
             except ConnectionError:
