@@ -62,14 +62,15 @@ async def read_all(reader: asyncio.StreamReader) -> bytes:
 
 def test_buffered_writes_first_body_then_later_writes(run: Any, data_file: Any) -> None:
     f, data = data_file
-    head = os.urandom(4 << 20)  # more than the socket takes: the transport buffers it
+    head = os.urandom(8 << 20)  # more than the sockets hold: the transport buffers the rest
 
     async def main() -> None:
-        result: "asyncio.Future[Any]" = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        result: "asyncio.Future[Any]" = loop.create_future()
 
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             writer.write(head)
-            assert writer.transport.get_write_buffer_size() > 0
+            buffered = writer.transport.get_write_buffer_size()
             n = await aio.transport_sendfile(writer.transport, f, 123, 5 << 20)
             reading = writer.transport.is_reading()
             writer.write(b"TAIL")
@@ -77,19 +78,26 @@ def test_buffered_writes_first_body_then_later_writes(run: Any, data_file: Any) 
             writer.write(line)
             await writer.drain()
             writer.close()
-            result.set_result((n, f.tell(), reading))
+            result.set_result((buffered, n, f.tell(), reading))
 
         server, addr = await serve_one(handler)
         async with server:
-            reader, writer = await asyncio.open_connection(*addr)
-            await asyncio.sleep(0.05)  # let the server queue the head unread
-            writer.write(b"ping\n")
-            got = await read_all(reader)
-            writer.close()
-            await writer.wait_closed()
-            n, position, reading = await result
+            client = socket.socket()
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)  # no autotuning
+            client.setblocking(False)
+            with client:
+                await loop.sock_connect(client, addr)
+                await loop.sock_sendall(client, b"ping\n")
+                got = bytearray()
+                while True:
+                    block = await loop.sock_recv(client, 1 << 20)
+                    if not block:
+                        break
+                    got += block
+            buffered, n, position, reading = await result
+        assert buffered > 0  # so the body had to wait for the head
         assert n == 5 << 20 and position == 123 + (5 << 20) and reading
-        assert got == head + data[123 : 123 + (5 << 20)] + b"TAIL" + b"ping\n"
+        assert bytes(got) == head + data[123 : 123 + (5 << 20)] + b"TAIL" + b"ping\n"
 
     run(main())
 
@@ -222,7 +230,11 @@ def test_cancel_leaves_position_consistent(run: Any, data_file: Any) -> None:
 
         server, addr = await serve_one(handler)
         async with server:
-            reader, writer = await asyncio.open_connection(*addr)
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)  # far less than the body
+            sock.setblocking(False)
+            await loop.sock_connect(sock, addr)
+            reader, writer = await asyncio.open_connection(sock=sock)
             first = await reader.readexactly(64 << 10)  # mid-body: the rest waits
             (await started).cancel()
             sent, reading = await outcome
