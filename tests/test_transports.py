@@ -155,6 +155,8 @@ def test_tls_copies_or_refuses(run: Any, data_file: Any, tls: Any) -> None:
         results: List[Any] = []
 
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with pytest.raises(TypeError):  # its socket would bypass the encryption
+                await aio.detach(writer, reader)
             f.seek(7)
             try:
                 await aio.transport_sendfile(writer.transport, f, 0, 10, fallback=False)

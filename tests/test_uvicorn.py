@@ -100,6 +100,7 @@ def test_files_ranges_head_keepalive(loop_thread: LoopThread, http: Any, files: 
         whole = c.request("GET", "/small")  # Starlette FileResponse -> pathsend
         head = c.request("HEAD", "/small")
         ranged = c.request("GET", "/zc?offset=1000&count=70000")
+        starlette_range = c.request("GET", "/small", headers=[("Range", "bytes=10-99")])  # copied by Starlette
         chunked = c.request("GET", "/chunked")
         again = c.request("GET", "/small")  # still the same connection
         loop_thread.ping()
@@ -108,6 +109,7 @@ def test_files_ranges_head_keepalive(loop_thread: LoopThread, http: Any, files: 
     assert head.status == 200 and head.body == b""
     assert head.headers[b"content-length"] == str(len(small)).encode()
     assert ranged.status == 206 and ranged.body == small[1000:71000]
+    assert starlette_range.status == 206 and starlette_range.body == small[10:100]
     assert chunked.headers.get(b"transfer-encoding") == b"chunked"
     assert chunked.body == b"<" + small[:1000] + b"|" + small[5000:] + b">"
     assert sha(again.body) == sha(small)
