@@ -28,6 +28,7 @@ from typing import IO, Any, Callable, Dict, List, Optional, Tuple, Union
 
 from ._binding import lib
 from ._errors import TransferError, transfer_error
+from ._transports import detach, loop_factory, transport_sendfile
 from .lowlevel import FdLike, _nonneg
 from .pipes import PipePool
 from .streams import _Tee, _Transfer
@@ -41,6 +42,9 @@ __all__ = [
     "proxy",
     "AsyncZeroCopySender",
     "AsyncTicket",
+    "transport_sendfile",
+    "loop_factory",
+    "detach",
 ]
 
 _DONE, _MORE, _WAIT = lib.ZCIO_DONE, lib.ZCIO_MORE, lib.ZCIO_WAIT

@@ -11,6 +11,8 @@ the matching :mod:`os` function:
   int ``>= 0`` ("use this offset, leave the position alone");
 - a kernel error raises :class:`OSError` built from the errno, so the matching
   subclass comes out (``BlockingIOError``, ``BrokenPipeError``, ...).
+- an ``ssl.SSLSocket`` (or a file object over one) raises ``TypeError``:
+  zcio never moves bytes around the TLS layer.
 
 The GIL is released for the duration of every system call. Calls with plain
 ``int`` fds and no offsets take a short path whose cost is close to the
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import errno as _errno
 import functools
+import io
 import math
 import operator
 import os
@@ -27,6 +30,7 @@ import platform
 import resource
 import select
 import socket
+import sys
 from typing import Any, Dict, List, NamedTuple, NoReturn, Optional, Protocol, Sequence, Tuple, Union
 
 from ._binding import ffi, lib
@@ -101,10 +105,45 @@ _c_copy_file_range_at = lib.zcio_copy_file_range_at
 _c_send = lib.zcio_send
 
 
+def _refuse_tls(obj: object) -> None:
+    """Raise TypeError if ``obj`` is an ``ssl.SSLSocket`` or a file object
+    over one (``makefile()``'s wrappers): writing to its fd would put plain
+    bytes into the TLS stream, and reading it would take ciphertext.
+
+    The check is made before anything touches the fd, so the connection stays
+    as it was. A bare int fd cannot be recognized (nor can the plain socket of
+    a TLS *transport*); zcio.aio's transport-level functions check the
+    transport instead. Nothing is imported: with no ``ssl`` module loaded, no
+    SSLSocket can exist.
+    """
+    ssl = sys.modules.get("ssl")
+    if ssl is None:
+        return
+    # Unwrap the stdlib's layers: TextIOWrapper -> Buffered* -> SocketIO -> socket.
+    for _ in range(4):
+        if isinstance(obj, ssl.SSLSocket):
+            raise TypeError(
+                "zcio does not send or splice through an ssl.SSLSocket: the kernel would "
+                "move plain bytes around the TLS layer; use the socket's own send/recv"
+            )
+        if isinstance(obj, io.TextIOWrapper):
+            obj = obj.buffer
+        elif isinstance(obj, (io.BufferedReader, io.BufferedWriter, io.BufferedRandom)):
+            obj = obj.raw
+        elif isinstance(obj, socket.SocketIO):
+            obj = getattr(obj, "_sock", None)  # the stdlib keeps no public name for it
+        else:
+            return
+
+
 def _fd(obj: FdLike) -> int:
-    """Resolve an fd-like object to an int fd (once per call)."""
+    """Resolve an fd-like object to an int fd (once per call).
+
+    Refuses TLS sockets (see :func:`_refuse_tls`).
+    """
     if isinstance(obj, int):
         return int(obj)
+    _refuse_tls(obj)
     fileno = getattr(obj, "fileno", None)
     if fileno is None:
         raise TypeError(

@@ -530,7 +530,9 @@ def proxy(a: socket.socket, b: socket.socket, *, half_close: bool = True) -> Tup
     Raises:
         TransferError: the first error of either direction, once both have
             stopped (the other direction's count is in its message).
+        TypeError: an ``ssl.SSLSocket``; nothing is read, sent or shut down.
     """
+    _fd(a), _fd(b)  # refuse a TLS socket before either direction starts
     results: List[Any] = [None, None]
 
     def pump(i: int, src: socket.socket, dst: socket.socket) -> None:
