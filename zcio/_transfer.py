@@ -176,6 +176,8 @@ class Plan:
 
 def resolve(obj: FdLike, name: str) -> tuple[int, Any]:
     """``(fd, the object or None for an int)``; text-mode files refused."""
+    if type(obj) is int:
+        return obj, None
     if isinstance(obj, io.TextIOBase):
         raise TypeError(f"{name} is a text-mode file; open it in binary mode")
     return _fd(obj), (None if isinstance(obj, int) else obj)
@@ -255,7 +257,7 @@ class Xfer:
         # Everything close() looks at exists before any step can fail.
         self._closed = False
         self.x: Any = ffi.new("zcio_xfer *")
-        self.x.src = self.x.dst = self.x.pipe_r = self.x.pipe_w = -1
+        self.x.pipe_r = self.x.pipe_w = -1
         self.pool: PipePool | None = pool
         self.pipe: Pipe | None = None  # checked out of the pool: ours
         self.buf: Any = None  # the copy buffer: ours
@@ -491,25 +493,46 @@ class Xfer:
         if self.dst_obj is not None:
             self.dst_obj.seek(os.lseek(self.x.dst, 0, os.SEEK_CUR))
 
+    def _restore_blocking(self) -> None:
+        failed: BaseException | None = None
+        for fd in self.restore:
+            try:
+                os.set_blocking(fd, True)
+            except OSError as exc:  # the others are still put back
+                failed = failed or exc
+        if failed is not None:
+            raise failed
+
     def close(self) -> None:
         """Undo what set-up recorded, every step whatever the others do: the
         pipe back to its pool, src's position, the fds' blocking modes, a
-        buffered writer's position. Counts the bytes per path. Idempotent."""
+        buffered writer's position (the first error is raised after all of
+        them ran). Counts the bytes per path. Idempotent."""
         if self._closed:
             return
         self._closed = True
         x = self.x
-        with contextlib.ExitStack() as undo:  # runs the callbacks last to first
-            undo.callback(self._resync_dst)
-            for fd in self.restore:
-                undo.callback(os.set_blocking, fd, True)
-            undo.callback(self._put_src_back)
-            undo.callback(self._release_pipe)
-            if x.calls or x.transferred:
-                holes = int(x.holes)
-                _stats.count_path(PATH_NAMES.get(self.method, "?"), int(x.transferred) - holes, int(x.calls))
-                if holes:
-                    _stats.count_path("holes", holes, 0)
+        if x.calls or x.transferred:
+            holes = int(x.holes)
+            _stats.count_path(PATH_NAMES.get(self.method, "?"), int(x.transferred) - holes, int(x.calls))
+            if holes:
+                _stats.count_path("holes", holes, 0)
+        # Nested rather than an ExitStack: this runs once per call, and a
+        # served file's small slices are many calls.
+        try:
+            if self.pipe is not None:
+                self._release_pipe()
+        finally:
+            try:
+                if self.seek_src is not None or self.src_home is not None:
+                    self._put_src_back()
+            finally:
+                try:
+                    if self.restore:
+                        self._restore_blocking()
+                finally:
+                    if self.dst_obj is not None:
+                        self._resync_dst()
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
         if getattr(self, "_closed", True):
