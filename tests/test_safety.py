@@ -682,3 +682,52 @@ def test_sparse_round_trip(tmp_path, layout, offset, count, old, at, path):
     head = before[:at] + bytes(max(0, at - len(before)))
     expected = head + moved + before[at + len(moved) :] if moved else before
     assert _read(dst) == expected
+
+
+def test_tee_set_up_takes_both_pipes_or_neither(monkeypatch, tmp_path):
+    made: List[zcio.Pipe] = []
+    real = _transfer.Pipe
+
+    def second_fails() -> zcio.Pipe:
+        if made:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        made.append(real())
+        return made[-1]
+
+    monkeypatch.setattr(_transfer, "Pipe", second_fails)
+    r, w = os.pipe()
+    with open(tmp_path / "m", "wb") as m, open(os.devnull, "wb") as out:
+        try:
+            with pytest.raises(OSError) as info:
+                zcio.tee_pipe(r, out, m)
+        finally:
+            os.close(r)
+            os.close(w)
+    assert info.value.errno == errno.EMFILE
+    assert made[0].closed
+
+
+# ------------------------------------------------------------ the import graph
+
+LEAVES = {"_binding": {"_version", "_zcio"}, "_errors": set(), "_stats": set(), "_version": set()}
+
+
+@pytest.mark.parametrize("leaf", sorted(LEAVES))
+def test_leaves_import_nothing_above_them(leaf):
+    """_binding, _errors, _stats and _version are the bottom of the package:
+    what they import of zcio is other leaves (and the compiled extension),
+    never a module above."""
+    import ast
+
+    path = os.path.join(os.path.dirname(zcio.__file__), f"{leaf}.py")
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            imported.add((node.module or "").split(".")[0] or "(package)")
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("zcio"):
+            imported.add(node.module)  # type: ignore[arg-type]
+        elif isinstance(node, ast.Import):
+            imported.update(a.name for a in node.names if a.name.startswith("zcio"))
+    assert imported <= LEAVES[leaf], f"{leaf} imports {sorted(imported - LEAVES[leaf])}"
