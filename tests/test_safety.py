@@ -380,6 +380,31 @@ def test_progress_raising_on_its_first_call_file_to_file(tmp_path):
     assert (tmp_path / "d").read_bytes() == data[10 : 10 + moved]
 
 
+def test_async_progress_raising_on_its_first_call_loses_nothing(tmp_path):
+    data = payload(3 * MiB, 17)
+    (tmp_path / "s").write_bytes(data)
+    a, b = socket.socketpair()
+    with a, b, open(tmp_path / "s", "rb") as f:
+        a.setblocking(False)
+        f.read(100)
+
+        def progress(total: int) -> None:
+            raise KeyError(total)
+
+        async def main() -> aio.Transfer:
+            transfer = aio.Transfer(f, a, progress=progress)
+            with pytest.raises(KeyError):
+                await transfer
+            return transfer
+
+        transfer = asyncio.run(main())
+        assert transfer.finished and transfer.pending == b""
+        assert 0 < transfer.transferred and f.tell() == 100 + transfer.transferred
+        a.close()
+        b.settimeout(JOIN)
+        assert read_all(b) == data[100 : 100 + transfer.transferred]
+
+
 def test_blocking_socket_refused_by_aio_before_anything_is_taken(tmp_path):
     a, b, reader = _buffered_socket_source(b"rest")
     with a, b, reader, open(tmp_path / "d", "wb") as out:  # type: ignore[attr-defined]

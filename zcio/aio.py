@@ -29,9 +29,9 @@ from typing import IO, Any, Callable, Dict, List, Optional, Tuple, Union
 
 from ._binding import lib
 from ._errors import TransferError, transfer_error
+from ._transfer import Plan, Tee, Xfer
 from .lowlevel import FdLike, _fd, _nonneg
 from .pipes import PipePool
-from ._transfer import Plan, Tee, Xfer
 from .zerocopy import DEFAULT_THRESHOLD, PoolBuffer, Ticket, ZeroCopySender
 
 __all__ = [
@@ -286,10 +286,10 @@ async def sendfile(
         ``offset`` plus that number (also on error or cancellation).
     """
     offset = _nonneg(offset, "offset")
-    if plan is None:
-        plan = Plan(_fd(file), _fd(sock), "file", "socket")
     sent = 0
     try:
+        if plan is None:
+            plan = Plan(_fd(file), _fd(sock), "file", "socket")
         sent = await Transfer(file, sock, count, offset=offset, plan=plan).run()
         return sent
     except BaseException as exc:
