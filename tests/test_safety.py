@@ -157,7 +157,15 @@ PATHS = {
 }
 
 
-@pytest.mark.parametrize("size", IN_FLIGHT, ids=[f"{n // KiB}K{n % KiB or ''}" for n in IN_FLIGHT])
+def _size_id(n: int) -> str:
+    for unit, name in ((MiB, "M"), (KiB, "K")):
+        for delta in (0, 1, -1):
+            if (n - delta) % unit == 0:
+                return f"{(n - delta) // unit}{name}" + {0: "", 1: "+1", -1: "-1"}[delta]
+    return str(n)
+
+
+@pytest.mark.parametrize("size", IN_FLIGHT, ids=_size_id)
 @pytest.mark.parametrize("dst_kind", ["full", "fsize", "closed_pipe", "reset"])
 @pytest.mark.parametrize("path", list(PATHS))
 def test_late_refusal_from_a_file_is_a_clean_exact_transfer_error(tmp_path, path, dst_kind, size):
@@ -175,7 +183,7 @@ def test_late_refusal_from_a_file_is_a_clean_exact_transfer_error(tmp_path, path
         got(exc.transferred)
 
 
-@pytest.mark.parametrize("size", [255 * KiB, 256 * KiB + 1, MiB + 1, 2 * MiB])
+@pytest.mark.parametrize("size", [255 * KiB, 256 * KiB + 1, MiB + 1, 2 * MiB], ids=_size_id)
 @pytest.mark.parametrize("dst_kind", ["full", "fsize", "closed_pipe", "reset"])
 @pytest.mark.parametrize("path", ["splice", "splice_via_pipe"])
 def test_late_refusal_from_a_socket_is_a_clean_exact_transfer_error(tmp_path, path, dst_kind, size):
@@ -200,7 +208,7 @@ def test_late_refusal_from_a_socket_is_a_clean_exact_transfer_error(tmp_path, pa
         got(exc.transferred)
 
 
-@pytest.mark.parametrize("size", [255 * KiB, 256 * KiB + 1, 300_000, MiB + 1, 2 * MiB])
+@pytest.mark.parametrize("size", [255 * KiB, 256 * KiB + 1, 300_000, MiB + 1, 2 * MiB], ids=_size_id)
 def test_file_to_dev_full_carries_a_pipe_over_into_the_copy_buffer(tmp_path, size):
     """sendfile EINVAL -> splice via pipe EINVAL (a pipe's worth in flight) ->
     read/write: the carried bytes are more than one copy buffer. This crashed
