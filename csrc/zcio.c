@@ -300,7 +300,13 @@ typedef struct {
     int64_t calls;
     int eof;
     unsigned char *buf;
+    int64_t buf_size;
     int64_t buf_pos;
+    int sparse;
+    int64_t data_end;
+    int64_t dst_pos;
+    int64_t dst_keep;
+    int64_t holes;
     int nwait;
     int wait_fd[2];
     int wait_events[2];
@@ -363,9 +369,50 @@ static int zcio_wait(const zcio_xfer *x, int ms)
 
 static int64_t zcio_want(const zcio_xfer *x)
 {
-    if (x->remaining >= 0 && x->remaining < x->chunk)
-        return x->remaining;
-    return x->chunk;
+    int64_t want = x->chunk;
+    if (x->remaining >= 0 && x->remaining < want)
+        want = x->remaining;
+    if (x->sparse && x->data_end - x->src_off < want)
+        want = x->data_end - x->src_off;  /* stop where the data extent ends */
+    return want;
+}
+
+/* Sparse: src_off has reached the end of the data extent found last. Find
+ * the next one. Returns the bytes of a hole skipped (> 0) -- dst extended
+ * over them and its position moved past them --, 0 when the next bytes are
+ * to be copied (data_end > src_off is set, or sparse is off), or -errno when
+ * dst could not be extended. */
+static int64_t zcio_skip_hole(zcio_xfer *x)
+{
+    off_t data = lseek(x->src, (off_t)x->src_off, SEEK_DATA);
+    int64_t len;
+
+    if (data < 0 && errno == ENXIO)
+        data = lseek(x->src, 0, SEEK_END);  /* no data after src_off: a hole to EOF */
+    if (data < 0) {
+        x->sparse = 0;  /* this filesystem cannot say: copy everything */
+        return 0;
+    }
+    if ((int64_t)data <= x->src_off) {
+        /* At data (or at or past EOF, which the method will report). */
+        off_t end = (int64_t)data == x->src_off ? lseek(x->src, data, SEEK_HOLE) : -1;
+        x->data_end = end > (off_t)x->src_off ? (int64_t)end : INT64_MAX;
+        return 0;
+    }
+    len = (int64_t)data - x->src_off;
+    if (x->remaining >= 0 && len > x->remaining)
+        len = x->remaining;
+    if (x->dst_pos < x->dst_keep) {
+        /* dst holds older bytes here: copy the hole's zeros over them. */
+        int64_t over = x->dst_keep - x->dst_pos;
+        x->data_end = x->src_off + (over < len ? over : len);
+        return 0;
+    }
+    if (ftruncate(x->dst, (off_t)(x->dst_pos + len)) < 0 ||
+        lseek(x->dst, (off_t)(x->dst_pos + len), SEEK_SET) < 0)
+        return -(int64_t)errno;
+    x->data_end = x->src_off;  /* look again after the hole */
+    return len;
 }
 
 /* Take up to want bytes from src into the intermediate pipe or buffer.
@@ -377,10 +424,15 @@ static int64_t zcio_take(zcio_xfer *x, int64_t want)
     if (x->method == ZCIO_M_PIPE) {
         n = splice(x->src, x->src_off >= 0 ? &off : NULL, x->pipe_w, NULL,
                    (size_t)want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-    } else if (x->src_off >= 0) {
-        n = pread(x->src, x->buf, (size_t)want, (off_t)x->src_off);
     } else {
-        n = read(x->src, x->buf, (size_t)want);
+        if (x->buf == NULL || x->buf_size <= 0)
+            return -EINVAL;
+        if (want > x->buf_size)
+            want = x->buf_size;
+        if (x->src_off >= 0)
+            n = pread(x->src, x->buf, (size_t)want, (off_t)x->src_off);
+        else
+            n = read(x->src, x->buf, (size_t)want);
     }
     if (n < 0)
         return -errno;
@@ -392,11 +444,16 @@ static int64_t zcio_take(zcio_xfer *x, int64_t want)
 static int64_t zcio_give(zcio_xfer *x)
 {
     ssize_t n;
-    if (x->method == ZCIO_M_PIPE)
+    if (x->method == ZCIO_M_PIPE) {
         n = splice(x->pipe_r, NULL, x->dst, NULL, (size_t)x->in_flight,
                    SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-    else
+    } else {
+        /* What is in flight must lie inside the buffer. */
+        if (x->buf == NULL || x->buf_pos < 0 || x->buf_pos > x->buf_size ||
+            x->in_flight > x->buf_size - x->buf_pos)
+            return -EFAULT;
         n = write(x->dst, x->buf + x->buf_pos, (size_t)x->in_flight);
+    }
     if (n < 0)
         return -errno;
     x->buf_pos += n;
@@ -438,13 +495,16 @@ int zcio_pump(zcio_xfer *x, int64_t max_bytes, int max_ms, int may_wait)
     x->nwait = 0;
     for (;;) {
         int64_t n;
-        int delivering = 0;
+        int delivering = 0, skipped = 0;
 
         if (x->in_flight > 0) {
             delivering = 1;
             n = zcio_give(x);
         } else if (x->eof || x->remaining == 0) {
             return ZCIO_DONE;
+        } else if (x->sparse && x->src_off >= x->data_end &&
+                   (n = zcio_skip_hole(x)) != 0) {
+            skipped = 1;
         } else if (x->method == ZCIO_M_PIPE || x->method == ZCIO_M_RW) {
             n = zcio_take(x, zcio_want(x));
         } else {
@@ -456,6 +516,14 @@ int zcio_pump(zcio_xfer *x, int64_t max_bytes, int max_ms, int may_wait)
             if (delivering) {
                 x->in_flight -= n;
                 x->transferred += n;
+                x->dst_pos += n;
+            } else if (skipped) {
+                if (x->remaining > 0)
+                    x->remaining -= n;
+                x->src_off += n;
+                x->transferred += n;
+                x->holes += n;
+                x->dst_pos += n;
             } else if (n == 0) {
                 x->eof = 1;
             } else {
@@ -463,10 +531,12 @@ int zcio_pump(zcio_xfer *x, int64_t max_bytes, int max_ms, int may_wait)
                     x->remaining -= n;
                 if (x->src_off >= 0)
                     x->src_off += n;
-                if (x->method == ZCIO_M_PIPE || x->method == ZCIO_M_RW)
+                if (x->method == ZCIO_M_PIPE || x->method == ZCIO_M_RW) {
                     x->in_flight = n;
-                else
+                } else {
                     x->transferred += n;
+                    x->dst_pos += n;
+                }
             }
             moved += n;
             if (x->in_flight == 0 && (x->eof || x->remaining == 0))

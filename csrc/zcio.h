@@ -107,14 +107,27 @@ typedef struct {
     int64_t transferred;  /* delivered to dst */
     int64_t calls;        /* system calls that moved bytes or saw EOF */
     int eof;              /* src reported end of file */
-    unsigned char *buf;   /* ZCIO_M_RW: buffer of chunk bytes */
+    unsigned char *buf;   /* ZCIO_M_RW: the copy buffer */
+    int64_t buf_size;     /* ZCIO_M_RW: bytes buf holds; no read takes more */
     int64_t buf_pos;      /* ZCIO_M_RW: pending bytes start at buf + buf_pos */
+    int sparse;           /* keep src's holes (src_off >= 0, both regular files) */
+    int64_t data_end;     /* sparse: where the data extent at src_off ends */
+    int64_t dst_pos;      /* sparse: dst's file position (where the next byte lands) */
+    int64_t dst_keep;     /* sparse: dst's size before the transfer; a hole
+                             below it is copied as zeros, above it skipped */
+    int64_t holes;        /* sparse: bytes of transferred that were holes skipped */
     int nwait;            /* with ZCIO_WAIT: what the transfer waits for */
     int wait_fd[2];
     int wait_events[2];   /* POLLIN or POLLOUT */
 } zcio_xfer;
 
-/* Returns ZCIO_DONE (count reached or src at EOF, nothing in flight),
+/* With sparse set, a hole of src (SEEK_DATA/SEEK_HOLE) that lands beyond
+ * dst_keep is not copied: dst is extended over it (ftruncate) and its position
+ * moved past it, and the hole counts as transferred. Where dst still holds
+ * older bytes the hole is copied as zeros. A filesystem that cannot say where
+ * its holes are turns sparse off.
+ *
+ * Returns ZCIO_DONE (count reached or src at EOF, nothing in flight),
  * ZCIO_MORE (a budget ran out or a signal arrived: call again), ZCIO_WAIT
  * (an fd is not ready: nwait/wait_fd/wait_events say which; when may_wait
  * is set the call first waited for it for the rest of max_ms), or -errno. */

@@ -325,7 +325,8 @@ def test_fallback_proc_file_source(tmp_path):
     # compare the copy with a fresh read of the same shape instead.
     copied = (tmp_path / "d").read_bytes()
     assert n == len(copied) > 0
-    assert copied.splitlines()[0] == open("/proc/self/maps", "rb").read().splitlines()[0]
+    with open("/proc/self/maps", "rb") as again:
+        assert copied.splitlines()[0] == again.read().splitlines()[0]
     after = zcio.stats()["fallbacks"]
     assert after.get("sendfile:EINVAL", 0) > before.get("sendfile:EINVAL", 0)
 

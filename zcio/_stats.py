@@ -1,19 +1,23 @@
 """Process-wide counters behind zcio.stats() (like HAProxy's ``show info``).
 
-Updated once per transfer (not per chunk), under a lock.
+Updated once per transfer (not per chunk), under a lock. A leaf: it imports
+nothing of zcio. Modules above it that keep live gauges (the pipe pools'
+pipes in use and free) register a function that reads them with
+:func:`add_gauges`, and :func:`snapshot` adds what it returns.
 """
 from __future__ import annotations
 
 import threading
 from collections import Counter
-from typing import Any, Dict
+from typing import Any, Callable
 
 _lock = threading.Lock()
-_bytes: "Counter[str]" = Counter()
-_calls: "Counter[str]" = Counter()
-_fallbacks: "Counter[str]" = Counter()
-_pipes: "Counter[str]" = Counter()
-_transfers: "Counter[str]" = Counter()
+_bytes: Counter[str] = Counter()
+_calls: Counter[str] = Counter()
+_fallbacks: Counter[str] = Counter()
+_pipes: Counter[str] = Counter()
+_transfers: Counter[str] = Counter()
+_gauges: dict[str, Callable[[], dict[str, int]]] = {}
 
 
 def count_path(path: str, nbytes: int, calls: int) -> None:
@@ -37,21 +41,31 @@ def count_transfer(outcome: str) -> None:
         _transfers[outcome] += 1
 
 
-def snapshot() -> Dict[str, Any]:
-    from .pipes import pool_gauges
+def add_gauges(section: str, read: Callable[[], dict[str, int]]) -> None:
+    """Have :func:`snapshot` add ``read()`` to its ``section`` (e.g. "pipes").
 
+    ``read`` is called outside the counters' lock, once per snapshot.
+    """
     with _lock:
-        pipes: Dict[str, int] = {
+        _gauges[section] = read
+
+
+def snapshot() -> dict[str, Any]:
+    """The counters now, plus the registered gauges."""
+    with _lock:
+        gauges = list(_gauges.items())
+        pipes: dict[str, int] = {
             "created": _pipes["created"],
             "destroyed": _pipes["destroyed"],
             "exhausted": _pipes["exhausted"],
         }
-        out: Dict[str, Any] = {
+        out: dict[str, Any] = {
             "bytes": dict(_bytes),
             "calls": dict(_calls),
             "fallbacks": dict(_fallbacks),
             "transfers": dict(_transfers),
         }
-    pipes.update(pool_gauges())
     out["pipes"] = pipes
+    for section, read in gauges:
+        out.setdefault(section, {}).update(read())
     return out

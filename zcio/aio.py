@@ -28,14 +28,15 @@ from typing import IO, Any, Callable, Dict, List, Optional, Tuple, Union
 
 from ._binding import lib
 from ._errors import TransferError, transfer_error
+from ._transfer import Plan, Tee, Xfer
 from ._transports import detach, loop_factory, transport_sendfile
-from .lowlevel import FdLike, _nonneg
+from .lowlevel import FdLike, _fd, _nonneg
 from .pipes import PipePool
-from .streams import _Tee, _Transfer
 from .zerocopy import DEFAULT_THRESHOLD, PoolBuffer, Ticket, ZeroCopySender
 
 __all__ = [
     "Transfer",
+    "Plan",
     "splice_pipe",
     "sendfile",
     "tee_pipe",
@@ -140,23 +141,31 @@ class Transfer:
         offset: Optional[int] = None,
         progress: Optional[Progress] = None,
         pool: Optional[PipePool] = None,
+        plan: Optional[Plan] = None,
     ) -> None:
-        self._args = (src, dst, count, offset, pool)
+        self._args = (src, dst, count, offset, pool, plan)
         self._progress = progress
-        self._t: Optional[_Transfer] = None
+        self._started = False
         self.transferred = 0
         self.pending = b""
         self.finished = False
 
     async def run(self) -> int:
         """Move the bytes; see :func:`splice_pipe`. Runs once."""
-        if self._t is not None or self.finished:
+        if self._started:
             raise RuntimeError("a Transfer runs once")
-        src, dst, count, offset, pool = self._args
-        t = self._t = _Transfer(src, dst, count, offset, pool, nonblocking=False)
+        self._started = True
+        src, dst, count, offset, pool, plan = self._args
+        self._args = None  # type: ignore[assignment]  # hold no fd objects past the run
         try:
-            _check_nonblocking(t.x.src, "src")
-            _check_nonblocking(t.x.dst, "dst")
+            # The set-up undoes itself if it fails; a buffered reader's bytes
+            # it took are then on the exception.
+            t = Xfer(src, dst, count, offset, pool, loop=True, plan=plan)
+        except BaseException as exc:
+            self.pending = getattr(exc, "pending", b"")
+            self.finished = True
+            raise
+        try:
             return await _run(t, self._progress)
         except BaseException as exc:
             self.pending = getattr(exc, "pending", b"")
@@ -178,13 +187,16 @@ async def splice_pipe(
     offset: Optional[int] = None,
     progress: Optional[Progress] = None,
     pool: Optional[PipePool] = None,
+    plan: Optional[Plan] = None,
 ) -> int:
     """Move bytes from ``src`` to ``dst`` without blocking the event loop.
 
     The same paths, fallbacks and accounting as :func:`zcio.splice_pipe`;
     sockets and pipes must be non-blocking. For a timeout, wrap the call in
     ``asyncio.wait_for`` / ``asyncio.timeout``. To read the accounting after
-    a cancellation on every Python version, use :class:`Transfer`.
+    a cancellation on every Python version, use :class:`Transfer`. ``plan``
+    (``Plan.probe(src, dst)``) lets repeated calls on the same two fds skip
+    looking at them.
 
     Returns:
         The number of bytes that reached ``dst``.
@@ -194,10 +206,10 @@ async def splice_pipe(
         ValueError: a blocking socket or pipe, a negative count or offset.
         asyncio.CancelledError: with ``transferred`` and ``pending`` set.
     """
-    return await Transfer(src, dst, count, offset=offset, progress=progress, pool=pool).run()
+    return await Transfer(src, dst, count, offset=offset, progress=progress, pool=pool, plan=plan).run()
 
 
-async def _run(t: _Transfer, progress: Optional[Progress]) -> int:
+async def _run(t: Xfer, progress: Optional[Progress]) -> int:
     waiter = _Waiter()
     try:
         with t.outcome():
@@ -207,7 +219,7 @@ async def _run(t: _Transfer, progress: Optional[Progress]) -> int:
     return t.transferred
 
 
-async def _deliver(t: _Transfer, waiter: _Waiter, progress: Optional[Progress]) -> None:
+async def _deliver(t: Xfer, waiter: _Waiter, progress: Optional[Progress]) -> None:
     x = t.x
     while t.prefix < len(t.head):
         try:
@@ -236,15 +248,26 @@ async def _deliver(t: _Transfer, waiter: _Waiter, progress: Optional[Progress]) 
 
 
 async def sendfile(
-    sock: FdLike, file: Union[IO[bytes], int], offset: int = 0, count: Optional[int] = None
+    sock: FdLike,
+    file: Union[IO[bytes], int],
+    offset: int = 0,
+    count: Optional[int] = None,
+    *,
+    plan: Optional[Plan] = None,
 ) -> int:
     """Send a file over a non-blocking socket, like ``loop.sock_sendfile``.
+
+    What the two fds are is known from the contract (a regular file, a
+    socket), so a call asks the kernel nothing about them: a file served in
+    slices costs one sendfile per slice. Anything else still works, by the
+    fallbacks.
 
     Args:
         sock: a connected, non-blocking stream socket.
         file: a regular file opened in binary mode (or its fd).
         offset: where in the file to start.
         count: bytes to send; None sends to the end of the file.
+        plan: a :class:`Plan` for ``(file, sock)`` to use instead.
 
     Returns:
         The number of bytes sent. A file object's position is set to
@@ -253,7 +276,9 @@ async def sendfile(
     offset = _nonneg(offset, "offset")
     sent = 0
     try:
-        sent = await splice_pipe(file, sock, count, offset=offset)
+        if plan is None:
+            plan = Plan(_fd(file), _fd(sock), "file", "socket")
+        sent = await Transfer(file, sock, count, offset=offset, plan=plan).run()
         return sent
     except BaseException as exc:
         sent = getattr(exc, "transferred", 0)
@@ -279,7 +304,7 @@ async def tee_pipe(src: FdLike, dst: FdLike, mirror: FdLike, count: Optional[int
             ``pending`` the bytes taken from src that did not.
         asyncio.CancelledError: with the same two attributes set.
     """
-    t = _Tee(src, dst, mirror, count)
+    t = Tee(src, dst, mirror, count)
     try:
         for fd, name in ((t.src, "src"), (t.dst, "dst"), (t.mirror, "mirror")):
             _check_nonblocking(fd, name)

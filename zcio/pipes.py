@@ -12,6 +12,7 @@ import fcntl
 import os
 import termios
 import threading
+import warnings
 import weakref
 from typing import TYPE_CHECKING, Any, List, Optional, Sequence
 
@@ -33,7 +34,10 @@ class Pipe:
     Both ends are created close-on-exec (and non-blocking unless asked
     otherwise) and are closed by :meth:`close` or at the end of a ``with``
     block; after that ``r`` and ``w`` are -1, so a reused fd number is never
-    touched. The object is not thread-safe: one user at a time.
+    touched. The object is not thread-safe: one user at a time. A Pipe
+    dropped unclosed is closed by its finalizer, with a ResourceWarning (as
+    ``socket.socket`` does); one taken from a :class:`PipePool` and dropped
+    unreleased also gives its place in the pool back.
 
     Args:
         size: if given, the capacity to ask for with F_SETPIPE_SZ (the kernel
@@ -42,9 +46,13 @@ class Pipe:
         nonblocking: create both ends O_NONBLOCK (the default).
     """
 
-    __slots__ = ("r", "w", "written", "__weakref__")
+    __slots__ = ("r", "w", "written", "_pool", "__weakref__")
 
     def __init__(self, size: Optional[int] = None, *, nonblocking: bool = True) -> None:
+        # Owned state first, so that the finalizer finds it whatever fails next.
+        self.r = self.w = -1
+        #: The pool this pipe is checked out of, if any (set by PipePool).
+        self._pool: Optional[PipePool] = None
         flags = os.O_CLOEXEC | (os.O_NONBLOCK if nonblocking else 0)
         self.r, self.w = os.pipe2(flags)
         #: Bytes written into the pipe through this object (vmsplice tickets
@@ -117,17 +125,34 @@ class Pipe:
 
     def close(self) -> None:
         """Close both ends (idempotent)."""
+        self._close_fds()
+
+    def _close_fds(self, _close: Any = os.close) -> None:
+        # os.close bound early: a finalizer may run when module globals are gone.
         r, w = self.r, self.w
         self.r = self.w = -1
         for fd in (r, w):
             if fd >= 0:
-                os.close(fd)
+                _close(fd)
 
     def __enter__(self) -> "Pipe":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        if getattr(self, "r", -1) < 0 and getattr(self, "w", -1) < 0:
+            return
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            # The pool's user took it and dropped it: that user is warned, and
+            # the pool gets its place back.
+            _warn(f"{self!r} taken from {pool!r} was never released", ResourceWarning, source=self)
+            pool._dropped.append(None)
+        else:
+            _warn(f"unclosed {self!r}", ResourceWarning, source=self)
+        self._close_fds()
 
     def __repr__(self) -> str:
         if self.closed:
@@ -163,6 +188,10 @@ class PipePool:
     destroys one that still holds data, or that came back closed. Thread-safe.
     After ``os.fork()`` the child drops the pipes it inherited.
 
+    The pool owns its free pipes; a pipe it hands out belongs to the caller
+    until released (dropping it unreleased warns, see :class:`Pipe`). A pool
+    dropped with free pipes unclosed closes them, with a ResourceWarning.
+
     Args:
         max_pipes: most pipes in use at once (default: from the per-user pipe
             page limits).
@@ -181,17 +210,31 @@ class PipePool:
         self._lock = threading.Lock()
         self._free: List[Pipe] = []
         self._in_use = 0
+        # One entry per pipe dropped unreleased. Appended by Pipe's finalizer,
+        # which may run while this thread holds _lock, so it takes no lock;
+        # _settle() folds the entries into _in_use under the lock.
+        self._dropped: List[None] = []
         self._closed = False
+        self._lives_with_process = False  # the default pool: never warns
         _pools.add(self)
+
+    def _settle(self) -> None:
+        n = len(self._dropped)
+        if n:
+            del self._dropped[:n]
+            self._in_use -= n
 
     def acquire(self) -> Optional[Pipe]:
         """A pipe for exclusive use until :meth:`release`, or None if exhausted."""
         with self._lock:
             if self._closed:
                 raise ValueError("PipePool is closed")
+            self._settle()
             if self._free:
                 self._in_use += 1
-                return self._free.pop()
+                pipe = self._free.pop()
+                pipe._pool = self
+                return pipe
             if self._in_use >= self.max_pipes:
                 _stats.count_pipe("exhausted")
                 return None
@@ -202,6 +245,7 @@ class PipePool:
             with self._lock:
                 self._in_use -= 1
             raise
+        pipe._pool = self
         try:
             pipe.size = self.pipe_size
         except OSError:
@@ -210,9 +254,18 @@ class PipePool:
         return pipe
 
     def release(self, pipe: Pipe) -> None:
-        """Give a pipe back: reused if empty, destroyed if it holds data."""
+        """Give a pipe back: reused if empty, destroyed if it holds data.
+
+        Raises:
+            ValueError: the pipe is not checked out of this pool (released
+                twice, or never taken from it); the pipe is left alone.
+        """
+        if pipe._pool is not self:
+            raise ValueError(f"{pipe!r} is not checked out of {self!r}")
+        pipe._pool = None
         keep = not pipe.closed and pipe.pending == 0
         with self._lock:
+            self._settle()
             self._in_use -= 1
             if keep and not self._closed:
                 pipe.written = 0
@@ -232,7 +285,7 @@ class PipePool:
 
     @property
     def in_use(self) -> int:
-        return self._in_use
+        return self._in_use - len(self._dropped)
 
     @property
     def free(self) -> int:
@@ -244,9 +297,22 @@ class PipePool:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        free = getattr(self, "_free", None)
+        if not free:
+            return
+        if not self._lives_with_process:  # the default pool ends with the process
+            _warn(f"unclosed {self!r}", ResourceWarning, source=self)
+        # Unreachable: nobody holds the lock. Not counted in stats, which may
+        # be gone if this runs at interpreter exit.
+        self._closed = True
+        self._free = []
+        for pipe in free:
+            pipe._close_fds()
+
     def __repr__(self) -> str:
         return (
-            f"<zcio.PipePool in_use={self._in_use} free={len(self._free)} "
+            f"<zcio.PipePool in_use={self.in_use} free={len(self._free)} "
             f"max_pipes={self.max_pipes} pipe_size={self.pipe_size}>"
         )
 
@@ -255,6 +321,7 @@ class PipePool:
         self._lock = threading.Lock()
         free, self._free = self._free, []
         self._in_use = 0
+        self._dropped = []
         for pipe in free:
             pipe.close()
 
@@ -270,6 +337,7 @@ def default_pool() -> PipePool:
     with _default_lock:
         if _default is None:
             _default = PipePool()
+            _default._lives_with_process = True
         return _default
 
 
@@ -287,3 +355,6 @@ def pool_gauges() -> "dict[str, int]":
     """Pipes in use and free, over every live pool (for zcio.stats())."""
     pools = list(_pools)
     return {"in_use": sum(p.in_use for p in pools), "free": sum(p.free for p in pools)}
+
+
+_stats.add_gauges("pipes", pool_gauges)

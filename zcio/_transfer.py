@@ -1,0 +1,613 @@
+"""One transfer's plan, and its set-up and tear-down, exception-safe.
+
+Shared by the blocking drivers in :mod:`zcio.streams` and the asyncio ones in
+:mod:`zcio.aio`, which differ only in how they wait.
+
+- :class:`Plan` is what a transfer needs to know about its two fds -- their
+  kinds, the paths to try, whether the destination is O_APPEND, whether holes
+  can be kept -- found once (an fstat each, an F_GETFL) and reusable for later
+  transfers between the same two fds.
+- :class:`Xfer` is one transfer: the C core's ``zcio_xfer``, the pooled pipe or
+  copy buffer, and every change made to the caller's objects for the call.
+  Its set-up records each change as it makes it (trio's ``_FdHolder`` idea:
+  the record exists before the step can fail), and :meth:`Xfer.close` undoes
+  exactly what is recorded. A set-up that fails half-way calls it too, so an
+  exception at any point leaves the fds' blocking modes and positions as
+  found and no pipe checked out; bytes already taken from a buffered reader
+  are reported on the exception (``transferred``, ``pending``).
+- :class:`Tee` is the state of one ``tee_pipe`` call.
+
+Ownership: an Xfer owns its pipe (checked out of the pool) and its copy
+buffer; it borrows ``src`` and ``dst``. Dropped unclosed, it gives the pipe
+back with a ResourceWarning and leaves the borrowed fds alone (their numbers
+may belong to someone else by then).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import io
+import os
+import socket
+import stat
+import warnings
+from collections.abc import Iterator
+from typing import Any, Callable
+
+from . import _stats
+from ._binding import ffi, lib
+from ._errors import TransferError, transfer_error
+from .lowlevel import SPLICE_F_NONBLOCK, FdLike, _fd, _nonneg, splice, tee
+from .pipes import Pipe, PipePool, default_pool
+
+Progress = Callable[[int], Any]
+
+# Method ids of the C core, and the names stats() reports them under.
+SENDFILE: int = lib.ZCIO_M_SENDFILE
+COPY_FILE_RANGE: int = lib.ZCIO_M_COPY_FILE_RANGE
+SPLICE: int = lib.ZCIO_M_SPLICE
+PIPE: int = lib.ZCIO_M_PIPE
+RW: int = lib.ZCIO_M_RW
+PATH_NAMES = {
+    SENDFILE: "sendfile",
+    COPY_FILE_RANGE: "copy_file_range",
+    SPLICE: "splice",
+    PIPE: "splice_via_pipe",
+    RW: "read_write",
+}
+# Most bytes per system call, by method (the pipe's is its size).
+_CHUNK = {
+    SENDFILE: 8 << 20,
+    COPY_FILE_RANGE: 64 << 20,
+    SPLICE: 16 << 20,
+    RW: 256 << 10,
+}
+
+# Errors that mean "this path is not for these fds" when nothing has moved.
+# 524 is the kernel's internal ENOTSUPP, which some filesystems leak.
+FALLBACK_ERRNOS = frozenset(
+    {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV, errno.EPERM, 524}
+)
+# Out of fds while taking a pipe: as good as an exhausted pool.
+_NO_FDS = frozenset({errno.EMFILE, errno.ENFILE})
+
+KINDS = ("file", "pipe", "socket", "other")
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISREG(mode) or stat.S_ISBLK(mode):
+        return "file"
+    if stat.S_ISFIFO(mode):
+        return "pipe"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "other"
+
+
+def _paths(src: str, dst: str) -> tuple[int, ...]:
+    """The paths to try, cheapest first (SPEC section 2's table)."""
+    if src == "pipe" or dst == "pipe":
+        return (SPLICE, RW)
+    if src == "file" and dst == "file":
+        return (COPY_FILE_RANGE, SENDFILE, PIPE, RW)
+    if src in ("file", "other"):
+        return (SENDFILE, PIPE, RW)
+    return (PIPE, RW)  # a socket source
+
+
+class Plan:
+    """How bytes go from one fd to another: found once, reusable.
+
+    :meth:`probe` looks at the two fds (an fstat each; an F_GETFL of the
+    destination where a kernel path would write to it). A plan can then be
+    passed to any number of transfers between the same two fds, which skip
+    those calls: a file served in slices over one connection, say. It is a
+    snapshot: make a new one if either fd is reopened or changes its flags
+    (a stale plan costs a fallback, not a byte).
+
+    Attributes:
+        src_fd, dst_fd: the fds it was made for.
+        src_kind, dst_kind: "file" (regular file or block device), "pipe",
+            "socket" or "other".
+        paths: the C core's methods to try, cheapest first.
+        append: dst is O_APPEND, so only the copy path can write to it.
+        sparse: both are regular files: the source's holes can be kept.
+    """
+
+    __slots__ = ("append", "dst_fd", "dst_kind", "paths", "sparse", "src_fd", "src_kind")
+
+    def __init__(
+        self,
+        src_fd: int,
+        dst_fd: int,
+        src_kind: str,
+        dst_kind: str,
+        *,
+        append: bool = False,
+        sparse: bool = False,
+        paths: tuple[int, ...] | None = None,
+    ) -> None:
+        if src_kind not in KINDS or dst_kind not in KINDS:
+            raise ValueError(f"fd kinds are one of {KINDS}, got {src_kind!r} and {dst_kind!r}")
+        self.src_fd = src_fd
+        self.dst_fd = dst_fd
+        self.src_kind = src_kind
+        self.dst_kind = dst_kind
+        self.append = append
+        self.sparse = sparse and not append
+        if paths is None:
+            paths = (RW,) if append else _paths(src_kind, dst_kind)
+        if not paths or paths[-1] != RW:
+            raise ValueError("a plan's paths end with the copy path")
+        self.paths = paths
+
+    @classmethod
+    def probe(cls, src: FdLike, dst: FdLike) -> Plan:
+        """The plan for moving bytes from ``src`` to ``dst`` (fds or objects
+        with ``fileno()``).
+
+        Raises:
+            OSError: from fstat/fcntl (EBADF for a closed fd).
+        """
+        src_fd, dst_fd = _fd(src), _fd(dst)
+        src_mode = os.fstat(src_fd).st_mode
+        dst_mode = os.fstat(dst_fd).st_mode
+        src_kind, dst_kind = _kind(src_mode), _kind(dst_mode)
+        # No kernel path writes to an O_APPEND file (EINVAL, or EBADF from
+        # copy_file_range); a splice into a pipe does not care. A socket with
+        # the flag is left to the fallbacks.
+        append = dst_kind in ("file", "other") and src_kind != "pipe" and bool(
+            fcntl.fcntl(dst_fd, fcntl.F_GETFL) & os.O_APPEND
+        )
+        sparse = stat.S_ISREG(src_mode) and stat.S_ISREG(dst_mode)
+        return cls(src_fd, dst_fd, src_kind, dst_kind, append=append, sparse=sparse)
+
+    def __repr__(self) -> str:
+        names = "/".join(PATH_NAMES[p] for p in self.paths)
+        return (
+            f"<zcio Plan {self.src_kind} {self.src_fd} -> {self.dst_kind} {self.dst_fd}: {names}"
+            f"{' append' if self.append else ''}{' sparse' if self.sparse else ''}>"
+        )
+
+
+# ------------------------------------------------------------ the two ends
+
+
+def resolve(obj: FdLike, name: str) -> tuple[int, Any]:
+    """``(fd, the object or None for an int)``; text-mode files refused."""
+    if type(obj) is int:
+        return obj, None
+    if isinstance(obj, io.TextIOBase):
+        raise TypeError(f"{name} is a text-mode file; open it in binary mode")
+    return _fd(obj), (None if isinstance(obj, int) else obj)
+
+
+def _is_buffered(obj: Any) -> bool:
+    return isinstance(obj, (io.BufferedReader, io.BufferedWriter, io.BufferedRandom, io.BufferedRWPair))
+
+
+def _take_buffered(reader: Any, fd: int, limit: int | None) -> bytes:
+    """The bytes an unseekable buffered reader already holds, consumed from it.
+
+    The fd is made non-blocking for the peek so that an empty buffer does not
+    turn into a blocking read.
+    """
+    flags = os.get_blocking(fd)
+    os.set_blocking(fd, False)
+    try:
+        try:
+            held = reader.peek(0)
+        except BlockingIOError:
+            held = b""
+    finally:
+        os.set_blocking(fd, flags)
+    if limit is not None:
+        held = held[:limit]
+    return reader.read(len(held)) if held else b""
+
+
+def require_nonblocking(obj: Any, fd: int, kind: str, name: str) -> None:
+    """For an event loop: a socket or pipe must be non-blocking, or it would
+    stall the loop; files and devices are used as they are (as
+    ``loop.sock_sendfile`` does). A socket object whose timeout is 0 is taken
+    at its word, as asyncio does, without asking the kernel.
+
+    Raises:
+        ValueError: a blocking socket or pipe.
+    """
+    if kind not in ("socket", "pipe"):
+        return
+    if isinstance(obj, socket.socket) and obj.gettimeout() == 0.0:
+        return
+    if os.get_blocking(fd):
+        raise ValueError(f"{name} must be non-blocking (call setblocking(False) or os.set_blocking)")
+
+
+class Xfer:
+    """One transfer, from set-up to tear-down (see the module's docstring).
+
+    Args:
+        src, dst, count, offset, pool: as for :func:`zcio.splice_pipe`.
+        nonblocking: switch blocking fds to non-blocking for the call (and
+            back in :meth:`close`); the blocking driver does so for a timeout.
+        loop: for an event loop: sockets and pipes must be non-blocking
+            already (ValueError otherwise, before anything is touched).
+        plan: a :class:`Plan` made for these two fds; probed when None.
+
+    Raises:
+        ValueError, TypeError: bad arguments, found before anything changed.
+        OSError: from the kernel while setting up; everything set up so far
+            is undone, and bytes already taken from a buffered reader are in
+            the exception's ``pending`` (``transferred`` is 0).
+    """
+
+    def __init__(
+        self,
+        src: FdLike,
+        dst: FdLike,
+        count: int | None,
+        offset: int | None,
+        pool: PipePool | None,
+        *,
+        nonblocking: bool = False,
+        loop: bool = False,
+        plan: Plan | None = None,
+    ) -> None:
+        # Everything close() looks at exists before any step can fail.
+        self._closed = False
+        self.x: Any = ffi.new("zcio_xfer *")
+        self.x.pipe_r = self.x.pipe_w = -1
+        self.pool: PipePool | None = pool
+        self.pipe: Pipe | None = None  # checked out of the pool: ours
+        self.buf: Any = None  # the copy buffer: ours
+        self.method = 0
+        self.head = b""  # an unseekable buffered reader's bytes, delivered first
+        self.prefix = 0  # bytes of head delivered
+        self.restore: list[int] = []  # fds to switch back to blocking
+        self.seek_src: Any = None  # a seekable buffered reader: seek()-ed to the true end
+        self.src_home: int | None = None  # src's position to put back (-1: where we stopped)
+        self.dst_obj: Any = None  # a seekable buffered writer: resynced to the fd's position
+        self.plan: Plan | None = None
+        try:
+            self._set_up(src, dst, count, offset, nonblocking, loop, plan)
+        except BaseException as exc:
+            if self.head:  # the only bytes set-up takes: say where they are
+                exc.transferred = 0  # type: ignore[attr-defined]
+                exc.pending = self.head  # type: ignore[attr-defined]
+            self.close()
+            raise
+
+    def _set_up(
+        self,
+        src: FdLike,
+        dst: FdLike,
+        count: int | None,
+        offset: int | None,
+        nonblocking: bool,
+        loop: bool,
+        plan: Plan | None,
+    ) -> None:
+        # 1. Arguments and the plan: nothing touched yet.
+        if count is not None:
+            count = _nonneg(count, "count")
+        if offset is not None:
+            offset = _nonneg(offset, "offset")
+        src_fd, src_obj = resolve(src, "src")
+        dst_fd, dst_obj = resolve(dst, "dst")
+        if plan is None:
+            plan = Plan.probe(src_fd, dst_fd)
+        elif (plan.src_fd, plan.dst_fd) != (src_fd, dst_fd):
+            raise ValueError(f"{plan!r} was made for other fds than {src_fd} -> {dst_fd}")
+        if offset is not None and plan.src_kind in ("pipe", "socket"):
+            raise OSError(errno.ESPIPE, f"offset given for a {plan.src_kind} source: {os.strerror(errno.ESPIPE)}")
+        if loop:
+            require_nonblocking(src_obj, src_fd, plan.src_kind, "src")
+            require_nonblocking(dst_obj, dst_fd, plan.dst_kind, "dst")
+        self.plan = plan
+        if self.pool is None:
+            self.pool = default_pool()
+        x = self.x
+        x.src, x.dst = src_fd, dst_fd
+
+        # 2. A buffered writer's bytes go first; its position is resynced at the end.
+        if dst_obj is not None and hasattr(dst_obj, "flush") and not isinstance(dst_obj, socket.socket):
+            dst_obj.flush()
+            if _is_buffered(dst_obj) and dst_obj.seekable():
+                self.dst_obj = dst_obj
+
+        # 3. Blocking fds made non-blocking for a timeout; each recorded first
+        #    (restoring "blocking" to an fd that was blocking is harmless).
+        if nonblocking:
+            for fd in dict.fromkeys((src_fd, dst_fd)):
+                if os.get_blocking(fd):
+                    self.restore.append(fd)
+                    os.set_blocking(fd, False)
+
+        # 4. The first path: it may take a pipe from the pool.
+        if plan.append:
+            _stats.count_fallback("dst:O_APPEND")
+        self._methods = iter(plan.paths)
+        if not self._next_method():  # pragma: no cover - RW always works
+            raise AssertionError("no usable path")
+
+        # 5. Where the source starts (each record made once src_off says
+        #    where to put the source back).
+        x.src_off = -1 if offset is None else offset
+        x.remaining = -1 if count is None else count
+        if offset is None and src_obj is not None and _is_buffered(src_obj) and src_obj.seekable():
+            x.src_off = offset = src_obj.tell()  # not the raw fd's position
+            self.seek_src = src_obj
+        if plan.sparse:
+            self._set_up_sparse()
+
+        # 6. Last, as the one step that consumes: an unseekable buffered
+        #    reader's bytes (delivered first; reported if anything fails).
+        if offset is None and src_obj is not None and _is_buffered(src_obj) and not src_obj.seekable():
+            self.head = _take_buffered(src_obj, src_fd, count)
+            if count is not None:
+                x.remaining = count - len(self.head)
+
+    def _set_up_sparse(self) -> None:
+        """Keep the source's holes: the C core walks its data extents at
+        explicit offsets (SEEK_DATA moves the file position, so it is put
+        back at the end) and skips a hole where dst has no older bytes."""
+        x = self.x
+        st = os.fstat(x.dst)
+        if not stat.S_ISREG(st.st_mode):  # a stale plan
+            return
+        if self.seek_src is None:
+            here = os.lseek(x.src, 0, os.SEEK_CUR)
+            if x.src_off < 0:
+                x.src_off = here
+                self.src_home = -1  # put back where the transfer stops
+            else:
+                self.src_home = here  # an offset leaves the position alone
+        x.dst_pos = os.lseek(x.dst, 0, os.SEEK_CUR)
+        x.dst_keep = st.st_size
+        x.data_end = -1  # look the first extent up
+        x.sparse = 1
+
+    # ------------------------------------------------------------ running
+
+    @property
+    def transferred(self) -> int:
+        """Bytes that reached dst: the buffered head's, then the C core's."""
+        return self.prefix + int(self.x.transferred)
+
+    def _next_method(self) -> bool:
+        for method in self._methods:
+            if self._use(method):
+                return True
+        return False
+
+    def _use(self, method: int) -> bool:
+        """Switch to ``method``; False when it cannot be used (no pipe free)."""
+        x = self.x
+        assert self.pool is not None
+        if method == PIPE:
+            if self.pipe is None:
+                try:
+                    self.pipe = self.pool.acquire()
+                except OSError as exc:
+                    if exc.errno not in _NO_FDS:
+                        raise
+                    _stats.count_fallback(f"splice_via_pipe:{errno.errorcode[exc.errno]}")
+                    return False
+                if self.pipe is None:
+                    _stats.count_fallback("splice_via_pipe:pool_exhausted")
+                    return False
+            x.pipe_r, x.pipe_w = self.pipe.r, self.pipe.w
+            x.chunk = self.pool.pipe_size
+        elif method == RW:
+            # The buffer holds a chunk, or all that the pipe took and the
+            # destination refused, whichever is more: the carry-over is
+            # sized by what is in flight, never by the buffer.
+            x.chunk = _CHUNK[RW]
+            size = max(_CHUNK[RW], int(x.in_flight))
+            if self.buf is None or len(self.buf) < size:
+                self.buf = ffi.new("unsigned char[]", size)
+            x.buf, x.buf_size, x.buf_pos = self.buf, size, 0
+            if self.method == PIPE:
+                carried = self._take_in_flight()
+                ffi.memmove(self.buf, carried, len(carried))
+                x.in_flight = len(carried)
+                self._release_pipe()  # empty now; let others have it
+        else:
+            x.chunk = _CHUNK[method]
+        x.method = self.method = method
+        return True
+
+    def fall_back(self, err: int) -> bool:
+        """After the kernel refused the current path with ``err``: move to the
+        next one if that loses nothing, and say whether it did."""
+        x = self.x
+        method = self.method
+        refused = err in FALLBACK_ERRNOS or (method == COPY_FILE_RANGE and err == errno.EBADF)
+        # Only while no data reached dst (holes skipped do not count: no path
+        # moved them); a chunk in our pipe can be carried.
+        if not refused or x.transferred - x.holes or (x.in_flight and method != PIPE):
+            return False
+        if not self._next_method():
+            return False
+        _stats.count_fallback(f"{PATH_NAMES[method]}:{errno.errorcode.get(err, err)}")
+        return True
+
+    def _take_in_flight(self) -> bytes:
+        """Take back the bytes in our pipe or buffer that dst did not get."""
+        x = self.x
+        n = int(x.in_flight)
+        if n == 0:
+            return b""
+        if self.method == PIPE and self.pipe is not None:
+            data = self.pipe.drain(n)
+        else:
+            start = int(x.buf_pos)
+            data = bytes(ffi.buffer(self.buf)[start : start + n])
+        x.in_flight -= len(data)
+        return data
+
+    def pending(self) -> bytes:
+        """Take the bytes taken from src and not delivered (head included)."""
+        return self.head[self.prefix :] + self._take_in_flight()
+
+    def error(self, err: int) -> TransferError:
+        return transfer_error(err, self.transferred, self.pending())
+
+    @contextlib.contextmanager
+    def outcome(self) -> Iterator[None]:
+        """Count how the run ended; on an exception that is not ours (a
+        signal handler's KeyboardInterrupt, progress's, a cancellation) set
+        ``transferred`` and ``pending`` on it: nothing taken from src may
+        vanish, so say where it is."""
+        try:
+            yield
+        except TransferError:
+            _stats.count_transfer("failed")
+            raise
+        except BaseException as exc:
+            _stats.count_transfer("interrupted")
+            exc.transferred = self.transferred  # type: ignore[attr-defined]
+            exc.pending = self.pending()  # type: ignore[attr-defined]
+            raise
+        _stats.count_transfer("completed")
+
+    # ------------------------------------------------------------ tear-down
+
+    def _release_pipe(self) -> None:
+        pipe, self.pipe = self.pipe, None
+        if pipe is not None:
+            x = self.x
+            x.pipe_r = x.pipe_w = -1
+            assert self.pool is not None
+            self.pool.release(pipe)  # destroyed if it still holds bytes
+
+    def _put_src_back(self) -> None:
+        x = self.x
+        if self.seek_src is not None:
+            self.seek_src.seek(int(x.src_off))
+        elif self.src_home is not None:
+            os.lseek(x.src, int(x.src_off) if self.src_home < 0 else self.src_home, os.SEEK_SET)
+
+    def _resync_dst(self) -> None:
+        if self.dst_obj is not None:
+            self.dst_obj.seek(os.lseek(self.x.dst, 0, os.SEEK_CUR))
+
+    def _restore_blocking(self) -> None:
+        failed: BaseException | None = None
+        for fd in self.restore:
+            try:
+                os.set_blocking(fd, True)
+            except OSError as exc:  # the others are still put back
+                failed = failed or exc
+        if failed is not None:
+            raise failed
+
+    def close(self) -> None:
+        """Undo what set-up recorded, every step whatever the others do: the
+        pipe back to its pool, src's position, the fds' blocking modes, a
+        buffered writer's position (the first error is raised after all of
+        them ran). Counts the bytes per path. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        x = self.x
+        if x.calls or x.transferred:
+            holes = int(x.holes)
+            _stats.count_path(PATH_NAMES.get(self.method, "?"), int(x.transferred) - holes, int(x.calls))
+            if holes:
+                _stats.count_path("holes", holes, 0)
+        # Nested rather than an ExitStack: this runs once per call, and a
+        # served file's small slices are many calls.
+        try:
+            if self.pipe is not None:
+                self._release_pipe()
+        finally:
+            try:
+                if self.seek_src is not None or self.src_home is not None:
+                    self._put_src_back()
+            finally:
+                try:
+                    if self.restore:
+                        self._restore_blocking()
+                finally:
+                    if self.dst_obj is not None:
+                        self._resync_dst()
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        _warn(f"unclosed zcio transfer {self!r}", ResourceWarning, source=self)
+        self._release_pipe()
+
+    def __repr__(self) -> str:
+        x = self.x
+        return (
+            f"<zcio Xfer {x.src} -> {x.dst} {PATH_NAMES.get(self.method, '-')} "
+            f"transferred={self.transferred}{' closed' if self._closed else ''}>"
+        )
+
+
+# ------------------------------------------------------------------ tee
+
+
+class Tee:
+    """The state of one tee_pipe call, shared by the sync and async versions
+    (which differ only in how they wait): the resolved fds, the two pipes it
+    owns (``main`` for dst, ``copy`` for the mirror) and the running total."""
+
+    def __init__(self, src: FdLike, dst: FdLike, mirror: FdLike, count: int | None) -> None:
+        self.count = None if count is None else _nonneg(count, "count")
+        self.src = resolve(src, "src")[0]
+        self.dst = resolve(dst, "dst")[0]
+        self.mirror = resolve(mirror, "mirror")[0]
+        self.total = 0
+        self.spliceable = True
+        size = default_pool().pipe_size
+        with contextlib.ExitStack() as made:  # both pipes, or neither
+            self.main = made.enter_context(Pipe())
+            self.copy = made.enter_context(Pipe())
+            made.pop_all()
+        for p in (self.main, self.copy):
+            try:
+                p.size = size
+            except OSError:
+                pass  # over pipe-max-size or the user's page limit
+
+    def want(self) -> int:
+        """Bytes to take next (0: count reached)."""
+        if self.count is None:
+            return self.main.size
+        return min(self.main.size, self.count - self.total)
+
+    def fill(self, want: int) -> int | None:
+        """One splice (or read and write) from src into the empty main pipe:
+        bytes taken, 0 at EOF, None when src has nothing now."""
+        if self.spliceable:
+            try:
+                return splice(self.src, self.main.w, want, flags=SPLICE_F_NONBLOCK)
+            except BlockingIOError:
+                return None
+            except OSError as exc:
+                if exc.errno not in FALLBACK_ERRNOS:
+                    raise
+                self.spliceable = False  # e.g. a /proc file: read it instead
+        try:
+            data = os.read(self.src, want)
+        except BlockingIOError:
+            return None
+        os.write(self.main.w, data)  # the pipe is empty and holds `want` bytes
+        return len(data)
+
+    def duplicate(self, n: int) -> None:
+        done = 0
+        while done < n:
+            done += tee(self.main.r, self.copy.w, n - done)
+
+    def error(self, exc: OSError) -> TransferError:
+        return transfer_error(exc.errno or errno.EIO, self.total, self.main.drain())
+
+    def close(self) -> None:
+        self.main.close()
+        self.copy.close()
