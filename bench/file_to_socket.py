@@ -18,7 +18,11 @@ request with an HTTP head and the whole file, then closes:
 - socket.sendfile: ``sock.sendfile(file)`` on a blocking socket;
 - zcio.splice_pipe: ``zcio.splice_pipe(file, sock)`` on a blocking socket;
 - aio.sendfile (asyncio / uvloop): ``await zcio.aio.sendfile(sock, file)``;
-- loop.sock_sendfile (asyncio): the stdlib loop's own, for reference.
+- transport_sendfile (asyncio / uvloop): an asyncio streams server whose body
+  goes by ``await zcio.aio.transport_sendfile(writer.transport, file)``
+  (skipped where zcio has none);
+- loop.sock_sendfile and loop.sendfile (asyncio): the stdlib loop's own, on a
+  raw socket and on a streams transport, for reference.
 
 ``--compare DIR`` adds the zcio senders once more, importing zcio from DIR
 (another checkout with its extension built in place, e.g. an older commit):
@@ -85,8 +89,26 @@ if mode in ("socket.sendfile", "zcio.splice_pipe"):
             else:
                 zcio.splice_pipe(f, c)
 
+async def handle(reader, writer):  # asyncio streams: the body through the transport
+    try:
+        await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()  # a probe that connected and left
+        return
+    writer.write(head)
+    with open(path, "rb") as f:
+        if mode.startswith("transport_sendfile"):
+            await zcio.aio.transport_sendfile(writer.transport, f)
+        else:
+            await asyncio.get_running_loop().sendfile(writer.transport, f)
+    writer.close()
+    await writer.wait_closed()
+
 async def serve():
     loop = asyncio.get_running_loop()
+    if mode.startswith(("transport_sendfile", "loop.sendfile")):
+        server = await asyncio.start_server(handle, sock=ls)
+        await server.serve_forever()
     ls.setblocking(False)
     while True:
         c, _ = await loop.sock_accept(ls)
@@ -110,8 +132,9 @@ if mode.endswith("uvloop"):
 with asyncio.Runner(loop_factory=factory) as runner:
     runner.run(serve())
 """
-ZCIO_MODES = ["zcio.splice_pipe", "aio.sendfile asyncio", "aio.sendfile uvloop"]
-PY_MODES = ["socket.sendfile", *ZCIO_MODES, "loop.sock_sendfile asyncio"]
+ZCIO_MODES = ["zcio.splice_pipe", "aio.sendfile asyncio", "aio.sendfile uvloop",
+              "transport_sendfile asyncio", "transport_sendfile uvloop"]
+PY_MODES = ["socket.sendfile", *ZCIO_MODES, "loop.sock_sendfile asyncio", "loop.sendfile asyncio"]
 
 GO_SENDER = """package main
 
@@ -266,10 +289,20 @@ def start_senders(tmp: str, path: str, only: Optional[List[str]], compare: Optio
         name = os.path.basename(os.path.normpath(compare))
         env = {**os.environ, "PYTHONPATH": os.path.abspath(compare)}
         runs += [(f"{m} ({name})", m, env) for m in ZCIO_MODES]
+    transports = {}  # env of a run -> whether its zcio has transport_sendfile
     for label, mode, env in runs:
-        if want(label) and (uvloop is not None or not mode.endswith("uvloop")):
-            port = free_port()
-            senders[label] = Sender(label, [sys.executable, "-c", SENDER, mode, str(port), path], port, env=env)
+        if not want(label) or (uvloop is None and mode.endswith("uvloop")):
+            continue
+        if mode.startswith("transport_sendfile"):
+            key = None if env is None else env["PYTHONPATH"]
+            if key not in transports:
+                probe = [sys.executable, "-c", "import zcio.aio; zcio.aio.transport_sendfile"]
+                transports[key] = subprocess.run(probe, env=env, capture_output=True, check=False).returncode == 0
+            if not transports[key]:
+                print(f"{label}: this zcio has no aio.transport_sendfile, skipped", file=sys.stderr)
+                continue
+        port = free_port()
+        senders[label] = Sender(label, [sys.executable, "-c", SENDER, mode, str(port), path], port, env=env)
     return senders
 
 
@@ -435,7 +468,7 @@ def report(samples: Dict[str, List[Sample]], size: int, rounds: int, placement: 
         cpus = [x["cpu"] for x in xs]
         c = statistics.median(cpus)
         spread = f"({min(cpus):.3f}-{max(cpus):.3f})"
-        print(f"{label:30} {c:9.3f} {spread:>13} {c / ref:8.2f} {med(label, 'user'):6.3f} {med(label, 'sys'):6.3f} "
+        print(f"{label:30.30} {c:9.3f} {spread:>13} {c / ref:8.2f} {med(label, 'user'):6.3f} {med(label, 'sys'):6.3f} "
               f"{med(label, 'vcsw'):9.0f} {med(label, 'ivcsw'):9.0f} {med(label, 'recv_cpu'):10.3f} "
               f"{med(label, 'gibs'):6.2f}")
 
