@@ -461,14 +461,14 @@ def report(samples: Dict[str, List[Sample]], size: int, rounds: int, placement: 
           f"{os.cpu_count()} CPUs, {placement}; Linux {os.uname().release}, "
           f"tcp_congestion_control={_sysctl('net.ipv4.tcp_congestion_control')}; "
           f"{rounds} rounds interleaved, medians")
-    print(f"{'sender':30} {'CPU s/GiB':>9} {'(min-max)':>13} {'vs nginx':>8} {'user':>6} {'sys':>6} "
+    print(f"{'sender':36} {'CPU s/GiB':>9} {'(min-max)':>13} {'vs nginx':>8} {'user':>6} {'sys':>6} "
           f"{'vcsw/GiB':>9} {'ivcsw/GiB':>9} {'recv s/GiB':>10} {'GiB/s':>6}")
     ref = med("nginx", "cpu") if "nginx" in samples else float("nan")
     for label, xs in samples.items():
         cpus = [x["cpu"] for x in xs]
         c = statistics.median(cpus)
         spread = f"({min(cpus):.3f}-{max(cpus):.3f})"
-        print(f"{label:30.30} {c:9.3f} {spread:>13} {c / ref:8.2f} {med(label, 'user'):6.3f} {med(label, 'sys'):6.3f} "
+        print(f"{label:36} {c:9.3f} {spread:>13} {c / ref:8.2f} {med(label, 'user'):6.3f} {med(label, 'sys'):6.3f} "
               f"{med(label, 'vcsw'):9.0f} {med(label, 'ivcsw'):9.0f} {med(label, 'recv_cpu'):10.3f} "
               f"{med(label, 'gibs'):6.2f}")
 
