@@ -220,6 +220,42 @@ def test_cancellation_leaves_exact_accounting(run):
             s.close()
 
 
+def test_progress_exception_propagates_with_accounting(run, tmp_path):
+    """progress runs from the loop's readiness callbacks; what it raises
+    still comes out of the awaited call, with the bytes accounted for."""
+    data = payload(32 << 20, 61)
+    (tmp_path / "s").write_bytes(data)
+    a, b = nb_pair()
+    seen: List[int] = []
+    raised: List[int] = []
+
+    class Stop(Exception):
+        pass
+
+    def progress(n: int) -> None:
+        seen.append(n)
+        if n >= 1 << 20 and not raised:
+            raised.append(n)
+            raise Stop  # once: a later call must not be what raises
+
+    async def body() -> None:
+        got = asyncio.ensure_future(recv_all(b))
+        with open(tmp_path / "s", "rb") as f:
+            with pytest.raises(Stop) as info:
+                await aio.splice_pipe(f, a, progress=progress)
+        a.shutdown(socket.SHUT_WR)
+        received = await got
+        assert info.value.transferred == len(received) == raised[0] == seen[-1] < len(data)  # type: ignore[attr-defined]
+        assert info.value.pending == b""  # type: ignore[attr-defined]
+        assert received == data[: len(received)]
+
+    try:
+        run(body)
+    finally:
+        a.close()
+        b.close()
+
+
 def _sock_read_all(s: socket.socket) -> bytes:
     parts = []
     while True:
