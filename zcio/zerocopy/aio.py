@@ -119,20 +119,19 @@ class AsyncTicket:
     """
 
     def __init__(self, ticket: Ticket, queue: _ErrorQueue) -> None:
+        #: Bytes the sendall handed to the kernel.
+        self.nbytes = ticket.nbytes
         self._ticket = ticket
         self._queue = queue
 
     def done(self) -> bool:
+        """True once the kernel is done with the memory (reaps first)."""
         return self._ticket.done()
 
     @property
     def copied(self) -> bool:
         """The kernel copied some of the data after all (always on loopback)."""
         return self._ticket.copied
-
-    @property
-    def nbytes(self) -> int:
-        return self._ticket.nbytes
 
     async def wait(self, timeout: Optional[float] = None) -> bool:
         """True once done; False if ``timeout`` seconds passed first."""
