@@ -31,7 +31,8 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Callable, Iterable, List, Optional, Protocol, Set, Tuple
+from collections.abc import Iterable
+from typing import Any, Callable, Protocol
 
 from ._binding import ffi
 
@@ -70,16 +71,16 @@ class Ticket:
     Tickets are not created directly.
     """
 
-    __slots__ = ("nbytes", "_done", "_copied", "_pins", "_callbacks", "__weakref__")
+    __slots__ = ("__weakref__", "_callbacks", "_copied", "_done", "_pins", "nbytes")
 
-    def __init__(self, nbytes: int, pins: Optional[List[Any]] = None) -> None:
+    def __init__(self, nbytes: int, pins: list[Any] | None = None) -> None:
         #: Bytes the call handed to the kernel under this ticket.
         self.nbytes = nbytes
         self._copied = False
         if pins is None:  # nothing for the kernel to read later: done now
             self._done = True
-            self._pins: List[Any] = []
-            self._callbacks: Optional[List[Callback]] = None
+            self._pins: list[Any] = []
+            self._callbacks: list[Callback] | None = None
         else:
             self._done = False
             self._pins = pins
@@ -99,7 +100,7 @@ class Ticket:
             self._poll()
         return self._done
 
-    def wait(self, timeout: Optional[float] = None) -> bool:
+    def wait(self, timeout: float | None = None) -> bool:
         """Wait until the ticket is done, as :meth:`threading.Event.wait`.
 
         Sender tickets reap completions themselves (polling the socket for
@@ -134,11 +135,11 @@ class Ticket:
     def _poll(self) -> None:
         """Look for progress without blocking (a kind of ticket overrides it)."""
 
-    def _wait(self, timeout: Optional[float]) -> bool:
+    def _wait(self, timeout: float | None) -> bool:
         """Wait for :meth:`_finish` (a kind of ticket overrides it)."""
         return self._done
 
-    def _finish(self) -> List[Callback]:
+    def _finish(self) -> list[Callback]:
         """Release the pins and mark the ticket done; only the first call acts.
 
         Returns the callbacks, which the caller runs (:func:`run`) after
@@ -170,7 +171,7 @@ def run(callbacks: Iterable[Callback], ticket: Ticket) -> None:
         fn(ticket)
 
 
-def remaining(deadline: Optional[float]) -> Optional[float]:
+def remaining(deadline: float | None) -> float | None:
     """Seconds left until ``deadline`` (a ``time.monotonic()``), None for none."""
     if deadline is None:
         return None
@@ -197,7 +198,7 @@ class Watcher(Protocol):
     def _link(self, ticket: Ticket, address: int, length: int) -> None: ...
 
 
-_watchers: "weakref.WeakSet[Watcher]" = weakref.WeakSet()
+_watchers: weakref.WeakSet[Watcher] = weakref.WeakSet()
 
 
 def watch(watcher: Watcher) -> None:
@@ -222,8 +223,8 @@ def announce(ticket: Ticket) -> None:
 
 # ---------------------------------------------------------------- kept, abandoned
 
-_kept: Set[Ticket] = set()
-_abandoned: List[Ticket] = []
+_kept: set[Ticket] = set()
+_abandoned: list[Ticket] = []
 
 
 def keep(ticket: Ticket) -> None:
@@ -253,7 +254,7 @@ def abandon(tickets: Iterable[Ticket]) -> None:
         _abandoned.extend(tickets)
 
 
-def abandoned() -> Tuple[int, int]:
+def abandoned() -> tuple[int, int]:
     """(tickets, bytes) abandoned so far."""
     with _lock:
         tickets = list(_abandoned)

@@ -104,7 +104,7 @@ class Pipe:
             want -= len(chunk)
         return b"".join(parts)
 
-    def vmsplice(self, buffers: Sequence[Any], *, timeout: Optional[float] = None) -> "PipeTicket":
+    def vmsplice(self, buffers: Sequence[Any], *, timeout: Optional[float] = None) -> PipeTicket:
         """Map ``buffers`` into the pipe without copying; see :func:`pipe_vmsplice`.
 
         Returns a ticket that is done once the pipe's reader has consumed past
@@ -151,7 +151,7 @@ class PipeTicket(Ticket):
     resolves its tickets (the pipe's pages went with it).
     """
 
-    __slots__ = ("_pipe", "_end")
+    __slots__ = ("_end", "_pipe")
 
     def __init__(self, pins: List[Any], pipe: Pipe) -> None:
         super().__init__(sum(len(p) for p in pins), pins)
@@ -272,11 +272,12 @@ def pipe_vmsplice(pipe: Pipe, buffers: Sequence[Any], *, timeout: Optional[float
             raise
         ticket.nbytes = moved
         _hand_over(ticket, pipe)
-        if isinstance(exc, OSError):
-            if not isinstance(exc, TransferError):
-                exc = transfer_error(exc.errno or _errno.EIO, moved, b"", exc.strerror)
+        if isinstance(exc, TransferError):
             exc.ticket = ticket  # type: ignore[attr-defined]
-            raise exc
+        elif isinstance(exc, OSError):
+            err = transfer_error(exc.errno or _errno.EIO, moved, b"", exc.strerror)
+            err.ticket = ticket  # type: ignore[attr-defined]
+            raise err from exc
         raise
     _hand_over(ticket, pipe)
     return ticket

@@ -88,7 +88,12 @@ in :mod:`zcio.aio`), :mod:`.bufpool` (BufferPool). Tickets are
 from __future__ import annotations
 
 from .._tickets import Ticket
-from ._registry import AUTO_COPIED_LIMIT, AUTO_ENOBUFS_LIMIT, graveyard_stats, reap_graveyard
+from ._registry import (
+    AUTO_COPIED_LIMIT,
+    AUTO_ENOBUFS_LIMIT,
+    graveyard_stats,
+    reap_graveyard,
+)
 from ._tracker import CompletionTracker
 from .bufpool import BufferPool, PoolBuffer
 from .sender import DEFAULT_THRESHOLD, ZeroCopySender

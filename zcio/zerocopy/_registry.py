@@ -20,6 +20,7 @@ any parked pins for good.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import errno as _errno
 import math
 import os
@@ -27,7 +28,7 @@ import select
 import threading
 import time
 from collections import deque
-from typing import Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import Callable
 
 from .. import _tickets, lowlevel
 from .._tickets import Callback, Ticket, remaining
@@ -78,9 +79,9 @@ class SendTicket(Ticket):
     contiguous: one sendall at a time per socket).
     """
 
-    __slots__ = ("_record", "first_id", "sends", "busy")
+    __slots__ = ("_record", "busy", "first_id", "sends")
 
-    def __init__(self, nbytes: int, pin: object, record: "SocketRecord") -> None:
+    def __init__(self, nbytes: int, pin: object, record: SocketRecord) -> None:
         super().__init__(nbytes, [pin])
         self._record = record
         self.first_id = 0
@@ -90,7 +91,7 @@ class SendTicket(Ticket):
     def _poll(self) -> None:
         self._record.reap_now()
 
-    def _wait(self, timeout: Optional[float]) -> bool:
+    def _wait(self, timeout: float | None) -> bool:
         return self._record.wait_until(lambda: self._done, timeout)
 
     def _pending_in(self, tracker: CompletionTracker) -> bool:
@@ -115,12 +116,12 @@ class SocketRecord:
     tracker and ``pending``; counters are written by the one sending thread.
     """
 
-    def __init__(self, fd: int, ident: Tuple[int, int]) -> None:
+    def __init__(self, fd: int, ident: tuple[int, int]) -> None:
         self.fd = fd
         self.ident = ident
         self.lock = threading.RLock()
         self.tracker = CompletionTracker()
-        self.pending: Deque[SendTicket] = deque()
+        self.pending: deque[SendTicket] = deque()
         self.pinned_bytes = 0
         self.active = False  # a sender is attached
         self.lost = False  # the socket was closed while tickets were parked
@@ -134,7 +135,7 @@ class SocketRecord:
         self.active = True
         self.policy = policy
         self.switched_off = False
-        self.switch_reason: Optional[str] = None
+        self.switch_reason: str | None = None
         self.copied_run = 0  # consecutive send ids reported COPIED
         self.enobufs_idle = 0  # consecutive ENOBUFS with nothing in flight
         self.since_reap = 0  # zero-copy sends since the last reap
@@ -158,7 +159,7 @@ class SocketRecord:
 
     def settle(self, ticket: SendTicket, registered: bool) -> None:
         """sendall is done adding sends: finish the ticket if it can be."""
-        callbacks: List[Callback] = []
+        callbacks: list[Callback] = []
         with self.lock:
             ticket.busy = False
             if not registered:
@@ -175,7 +176,7 @@ class SocketRecord:
 
     # -- reaping
 
-    def reap_now(self) -> Tuple[int, int]:
+    def reap_now(self) -> tuple[int, int]:
         """Drain the error queue without blocking.
 
         Returns:
@@ -185,7 +186,7 @@ class SocketRecord:
             OSError: from recvmsg (EBADF when an attached sender's socket
                 was closed).
         """
-        done: List[Tuple[Ticket, List[Callback]]] = []
+        done: list[tuple[Ticket, list[Callback]]] = []
         with self.lock:
             if not self.pending and self.tracker.outstanding == 0:
                 return 0, 0
@@ -215,7 +216,7 @@ class SocketRecord:
             return False
         return True
 
-    def _apply(self, comps: List[Completion]) -> List[SendTicket]:
+    def _apply(self, comps: list[Completion]) -> list[SendTicket]:
         tracker = self.tracker
         c = self.counters
         for first, last, copied in comps:
@@ -236,11 +237,11 @@ class SocketRecord:
             self.switch_reason = "copied"
         return self._collect()
 
-    def _collect(self) -> List[SendTicket]:
+    def _collect(self) -> list[SendTicket]:
         """Take the finished tickets out of ``pending`` (under the lock)."""
         tracker = self.tracker
         pending = self.pending
-        finished: List[SendTicket] = []
+        finished: list[SendTicket] = []
         while pending:
             t = pending[0]
             if t.busy or t._pending_in(tracker):
@@ -248,7 +249,7 @@ class SocketRecord:
             pending.popleft()
             finished.append(t)
         if tracker.gaps and pending:
-            keep: Deque[SendTicket] = deque()
+            keep: deque[SendTicket] = deque()
             for t in pending:
                 if not t.busy and not t._pending_in(tracker):
                     finished.append(t)
@@ -259,7 +260,7 @@ class SocketRecord:
             self.pinned_bytes -= t.nbytes
         return finished
 
-    def wait_until(self, cond: Callable[[], bool], timeout: Optional[float]) -> bool:
+    def wait_until(self, cond: Callable[[], bool], timeout: float | None) -> bool:
         """Reap (waiting for POLLERR in slices) until ``cond()`` or timeout.
 
         Slices keep a waiter responsive when another thread reaps the
@@ -308,8 +309,8 @@ class Registry:
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
-        self.records: Dict[Tuple[int, int], SocketRecord] = {}
-        self.graveyard: Set[SocketRecord] = set()
+        self.records: dict[tuple[int, int], SocketRecord] = {}
+        self.graveyard: set[SocketRecord] = set()
         self._prune_at = 256
         self._last_reap = 0.0
 
@@ -381,7 +382,7 @@ class Registry:
         if (self.graveyard or _tickets.kept()) and time.monotonic() - self._last_reap >= _GRAVEYARD_INTERVAL:
             self.reap(0.0)
 
-    def stats(self) -> Dict[str, int]:
+    def stats(self) -> dict[str, int]:
         """See :func:`graveyard_stats`."""
         with self.lock:
             graves = list(self.graveyard)
@@ -405,7 +406,7 @@ class Registry:
 
     def _prune(self) -> None:
         """Forget sockets no longer open in this process (under the lock)."""
-        open_inodes: Set[int] = set()
+        open_inodes: set[int] = set()
         try:
             names = os.listdir("/proc/self/fd")
         except OSError:
@@ -436,10 +437,8 @@ class Registry:
     def at_exit(self) -> None:
         """Reap the graveyard once more, bounded, as the interpreter exits."""
         if self.graveyard:
-            try:
+            with contextlib.suppress(OSError):  # best effort at shutdown
                 self.reap(_AT_EXIT_TIMEOUT)
-            except Exception:  # pragma: no cover - best effort at shutdown
-                pass
 
 
 #: The process's registry.
@@ -467,7 +466,7 @@ def reap_graveyard(timeout: float = 0.0) -> int:
     return registry.reap(timeout)
 
 
-def graveyard_stats() -> Dict[str, int]:
+def graveyard_stats() -> dict[str, int]:
     """What closed or collected senders left behind.
 
     Returns:

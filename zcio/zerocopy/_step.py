@@ -22,7 +22,7 @@ from __future__ import annotations
 import errno as _errno
 import os
 import select
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, NamedTuple
 
 from .._binding import ffi, lib
 from .._errors import TransferError, transfer_error
@@ -49,7 +49,7 @@ class Wait(NamedTuple):
 
     fd: int
     events: int
-    timeout: Optional[float] = None
+    timeout: float | None = None
 
 
 class Route:
@@ -62,7 +62,7 @@ class Route:
         threshold, policy, reap_every: as for ``ZeroCopySender``.
     """
 
-    __slots__ = ("fd", "stream", "zerocopy", "threshold", "policy", "reap_every")
+    __slots__ = ("fd", "policy", "reap_every", "stream", "threshold", "zerocopy")
 
     def __init__(self, fd: int, stream: bool, zerocopy: bool, threshold: int, policy: str, reap_every: int) -> None:
         self.fd = fd
@@ -87,7 +87,7 @@ class SendOp:
         BufferError: ``data`` is not C-contiguous.
     """
 
-    __slots__ = ("route", "record", "ticket", "pin", "total", "sent", "finished", "_registered", "_copy_next", "_waited")
+    __slots__ = ("_copy_next", "_registered", "_waited", "finished", "pin", "record", "route", "sent", "ticket", "total")
 
     def __init__(self, route: Route, record: SocketRecord, data: Any, sent: int) -> None:
         self.pin = ffi.from_buffer(data)
@@ -107,7 +107,7 @@ class SendOp:
             c["copy_sends"] += 1
             c["copy_bytes"] += sent
 
-    def step(self) -> Union[int, Wait]:
+    def step(self) -> int | Wait:
         """Make one attempt; never blocks.
 
         Returns:
@@ -148,7 +148,7 @@ class SendOp:
         self.record.settle(self.ticket, self._registered)
         return self.ticket
 
-    def fail(self, exc: BaseException, ticket: Optional[object] = None) -> BaseException:
+    def fail(self, exc: BaseException, ticket: object | None = None) -> BaseException:
         """The step or the wait raised ``exc``: settle the ticket and say what
         to raise. After part was sent, an OSError becomes a TransferError with
         ``.transferred`` and ``.ticket`` (``ticket``, or the send ticket)."""
@@ -164,7 +164,7 @@ class SendOp:
 
     # -- the two ways to send
 
-    def _zerocopy(self, remaining: int) -> Union[int, Wait]:
+    def _zerocopy(self, remaining: int) -> int | Wait:
         route, record = self.route, self.record
         chunk = min(remaining, _MAX_CHUNK) if route.stream else remaining
         if not self._registered:
@@ -187,7 +187,7 @@ class SendOp:
             self.reap()
         return self._advance(n)
 
-    def _copy(self, remaining: int) -> Union[int, Wait]:
+    def _copy(self, remaining: int) -> int | Wait:
         try:
             n = os.write(self.route.fd, ffi.buffer(self.pin + self.sent, remaining))
         except BlockingIOError:
@@ -210,7 +210,7 @@ class SendOp:
         self.record.counters["eagain_waits"] += 1
         return Wait(self.route.fd, select.POLLOUT)
 
-    def _refused(self, err: int) -> Union[int, Wait]:
+    def _refused(self, err: int) -> int | Wait:
         if err == _errno.EINTR:
             return 0  # the driver's loop lets signal handlers run (PEP 475)
         if err in (_errno.EAGAIN, _errno.EWOULDBLOCK):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import bisect
 import operator
-from typing import List, Tuple
 
 __all__ = ["CompletionTracker"]
 
@@ -41,7 +40,7 @@ class CompletionTracker:
         ValueError: ``first_id`` outside ``[0, 2**32)``.
     """
 
-    __slots__ = ("_low", "_next", "_starts", "_ends", "_covered")
+    __slots__ = ("_covered", "_ends", "_low", "_next", "_starts")
 
     def __init__(self, first_id: int = 0) -> None:
         first_id = operator.index(first_id)
@@ -49,8 +48,8 @@ class CompletionTracker:
             raise ValueError(f"first_id must be in [0, 2**32), got {first_id}")
         self._low = first_id  # every id before this one is complete
         self._next = first_id  # the next id to issue (unwrapped)
-        self._starts: List[int] = []  # completed intervals [start, end) above _low
-        self._ends: List[int] = []
+        self._starts: list[int] = []  # completed intervals [start, end) above _low
+        self._ends: list[int] = []
         self._covered = 0  # ids inside those intervals
 
     @property
@@ -133,7 +132,7 @@ class CompletionTracker:
 
     # -- unwrapped ids
 
-    def _unwrap(self, first: int, last: int) -> Tuple[int, int]:
+    def _unwrap(self, first: int, last: int) -> tuple[int, int]:
         """The unwrapped half-open range for the inclusive u32 range."""
         lo = self._low + ((first - self._low) % _U32)
         if lo >= self._next:

@@ -12,13 +12,16 @@ import asyncio
 import os
 import select
 import socket
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable
 
 from .._tickets import Lent, Ticket
 from ..lowlevel import _fd
 from ._registry import SocketRecord
 from ._step import SendOp, Wait
 from .sender import DEFAULT_THRESHOLD, SenderBase
+
+if TYPE_CHECKING:  # pragma: no cover
+    from typing_extensions import Self
 
 __all__ = ["AsyncTicket", "AsyncZeroCopySender"]
 
@@ -53,7 +56,7 @@ class _ErrorQueue:
         self._record.reap_now()
         self._event.set()
 
-    async def until(self, cond: Callable[[], bool], timeout: Optional[float] = None) -> bool:
+    async def until(self, cond: Callable[[], bool], timeout: float | None = None) -> bool:
         """Reap until ``cond()``; woken by the error queue, and every 50 ms
         regardless (a missed wake-up costs latency, never a hang).
 
@@ -73,7 +76,7 @@ class _ErrorQueue:
                 return
             await self.next_event(_RECHECK)
 
-    async def next_event(self, timeout: Optional[float]) -> None:
+    async def next_event(self, timeout: float | None) -> None:
         """Wait for the error queue's next event, or ``timeout`` seconds."""
         self._event.clear()
         try:
@@ -133,7 +136,7 @@ class AsyncTicket:
         """The kernel copied some of the data after all (always on loopback)."""
         return self._ticket.copied
 
-    async def wait(self, timeout: Optional[float] = None) -> bool:
+    async def wait(self, timeout: float | None = None) -> bool:
         """True once done; False if ``timeout`` seconds passed first."""
         return await self._queue.until(self._ticket.done, timeout)
 
@@ -188,7 +191,7 @@ class AsyncZeroCopySender(SenderBase):
             raise
         self._on_drop.append(self._queue.discard)
 
-    async def sendall(self, data: Union[Buffer, Lent]) -> AsyncTicket:
+    async def sendall(self, data: Buffer | Lent) -> AsyncTicket:
         """Send all of ``data`` and return the ticket that tracks its memory.
 
         Raises:
@@ -228,12 +231,12 @@ class AsyncZeroCopySender(SenderBase):
         """Drain completions now; returns how many tickets finished."""
         return self._reap_now()
 
-    async def flush(self, timeout: Optional[float] = None) -> bool:
+    async def flush(self, timeout: float | None = None) -> bool:
         """Wait until nothing is in flight; False if ``timeout`` ran out."""
         record = self._record
         return await self._queue.until(lambda: record.pinned_bytes == 0, timeout)
 
-    async def aclose(self, timeout: Optional[float] = 1.0) -> None:
+    async def aclose(self, timeout: float | None = 1.0) -> None:
         """Flush (at most ``timeout`` seconds), then detach; the socket stays
         open. Pins still in flight are parked as ZeroCopySender.close does."""
         if self._closed:
@@ -245,7 +248,7 @@ class AsyncZeroCopySender(SenderBase):
             self._queue.close()
             self._release()
 
-    async def __aenter__(self) -> "AsyncZeroCopySender":
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

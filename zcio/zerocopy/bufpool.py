@@ -16,11 +16,14 @@ import resource
 import threading
 import time
 from collections import deque
-from typing import Deque, Dict, List, Optional
+from typing import TYPE_CHECKING
 
 from .. import _tickets
 from .._binding import ffi, lib
 from .._tickets import Lent, Ticket, remaining
+
+if TYPE_CHECKING:  # pragma: no cover
+    from typing_extensions import Self
 
 __all__ = ["BufferPool", "PoolBuffer"]
 
@@ -62,15 +65,15 @@ class PoolBuffer(Lent):
     to the pool once every such ticket is done as well.
     """
 
-    __slots__ = ("_pool", "index", "address", "_view")
+    __slots__ = ("_pool", "_view", "address", "index")
 
-    def __init__(self, pool: "BufferPool", index: int, address: int, view: memoryview) -> None:
-        self._pool: Optional[BufferPool] = pool
+    def __init__(self, pool: BufferPool, index: int, address: int, view: memoryview) -> None:
+        self._pool: BufferPool | None = pool
         #: Position of this buffer in its pool.
         self.index = index
         #: Address of the first byte (page-aligned).
         self.address = address
-        self._view: Optional[memoryview] = view
+        self._view: memoryview | None = view
 
     @property
     def memory(self) -> memoryview:
@@ -98,7 +101,7 @@ class PoolBuffer(Lent):
         if pool is not None:
             pool._user_done(self.index)
 
-    def __enter__(self) -> "PoolBuffer":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -144,7 +147,7 @@ class BufferPool:
         #: True when the pool is backed by hugetlbfs pages (MAP_HUGETLB).
         self.hugetlb = False
         self.page_size = _PAGE
-        mm: Optional[mmap.mmap] = None
+        mm: mmap.mmap | None = None
         flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
         prot = mmap.PROT_READ | mmap.PROT_WRITE
         if huge_pages:
@@ -177,16 +180,16 @@ class BufferPool:
                 raise
             self.locked = True
         self._cond = threading.Condition(threading.Lock())
-        self._free: Deque[int] = deque(range(count))
+        self._free: deque[int] = deque(range(count))
         self._lent = [False] * count  # handed to a user, not released yet
         self._refs = [0] * count  # pending tickets referencing the buffer
-        self._tickets: Dict[Ticket, List[int]] = {}
+        self._tickets: dict[Ticket, list[int]] = {}
         self._closed = False
         _tickets.watch(self)
 
     # -- public
 
-    def acquire(self, timeout: Optional[float] = None) -> Optional[PoolBuffer]:
+    def acquire(self, timeout: float | None = None) -> PoolBuffer | None:
         """Lend a buffer, waiting (up to ``timeout``) for one to come back.
 
         While waiting, the tickets holding buffers are polled (completions
@@ -261,7 +264,7 @@ class BufferPool:
     def closed(self) -> bool:
         return self._closed
 
-    def __enter__(self) -> "BufferPool":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -18,12 +18,15 @@ import socket
 import threading
 import warnings
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable
 
 from .._tickets import Lent, Ticket
 from ..lowlevel import SO_ZEROCOPY, FdLike, _fd, _nonneg, _poll_fd
 from ._registry import SocketRecord, registry
 from ._step import Route, SendOp, Wait
+
+if TYPE_CHECKING:  # pragma: no cover
+    from typing_extensions import Self
 
 __all__ = ["DEFAULT_THRESHOLD", "SenderBase", "ZeroCopySender"]
 
@@ -45,7 +48,7 @@ def _nbytes(data: Any) -> int:
     return memoryview(data).nbytes
 
 
-def _sock_info(sock: Any, fd: int) -> Tuple[int, Optional[socket.socket], bool]:
+def _sock_info(sock: Any, fd: int) -> tuple[int, socket.socket | None, bool]:
     """(SO_TYPE, a socket object for setsockopt, whether we must close it)."""
     if isinstance(sock, socket.socket) and sock.fileno() == fd:
         return sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE), sock, False
@@ -63,7 +66,7 @@ def _sock_info(sock: Any, fd: int) -> Tuple[int, Optional[socket.socket], bool]:
     return tmp.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE), tmp, True
 
 
-def _enable_zerocopy(sock: Any, fd: int, policy: str) -> Tuple[bool, Optional[int]]:
+def _enable_zerocopy(sock: Any, fd: int, policy: str) -> tuple[bool, int | None]:
     """Set SO_ZEROCOPY unless the policy is "never".
 
     Returns:
@@ -88,7 +91,7 @@ def _enable_zerocopy(sock: Any, fd: int, policy: str) -> Tuple[bool, Optional[in
             sobj.close()
 
 
-def _let_go(record: SocketRecord, on_drop: List[Callable[[], None]], message: str) -> None:
+def _let_go(record: SocketRecord, on_drop: list[Callable[[], None]], message: str) -> None:
     """A sender was dropped unclosed: let go of the socket as close() does,
     but without waiting -- sends in flight keep their pins in the graveyard
     -- and say so, as ``socket.socket`` does."""
@@ -129,7 +132,7 @@ class SenderBase:
         self._guard = threading.Lock()  # one sendall at a time
         self._record = registry.attach(fd, policy)
         #: Undone by the finalizer only (a subclass adds to it).
-        self._on_drop: List[Callable[[], None]] = []
+        self._on_drop: list[Callable[[], None]] = []
         message = f"unclosed <zcio.{type(self).__name__} fd={fd}>"
         self._finalizer = weakref.finalize(self, _let_go, self._record, self._on_drop, message)
         self._finalizer.atexit = False
@@ -185,7 +188,7 @@ class SenderBase:
         return self._route.zerocopy and not (self._record.switched_off and self.policy == "auto")
 
     @property
-    def stats(self) -> Dict[str, Any]:
+    def stats(self) -> dict[str, Any]:
         """Counters of this sender (a new dict each time).
 
         Keys: ``policy``; ``zerocopy_enabled`` (SO_ZEROCOPY is set and the
@@ -203,7 +206,7 @@ class SenderBase:
         """
         record = self._record
         with record.lock:
-            out: Dict[str, Any] = dict(record.counters)
+            out: dict[str, Any] = dict(record.counters)
             out.update(
                 sends=out["zerocopy_sends"] + out["copy_sends"],
                 bytes=out["zerocopy_bytes"] + out["copy_bytes"],
@@ -243,7 +246,7 @@ class SenderBase:
         if not self._guard.acquire(False):
             raise RuntimeError(f"{type(self).__name__}.sendall() called from two threads or tasks at once")
 
-    def _begin(self, data: Union[Buffer, Lent]) -> Union[Ticket, SendOp]:
+    def _begin(self, data: Buffer | Lent) -> Ticket | SendOp:
         """The first attempt of a sendall: all of a plain-copy send, if it goes.
 
         Below the threshold, or with zero-copy off, one write usually sends
@@ -327,7 +330,7 @@ class ZeroCopySender(SenderBase):
             SO_ZEROCOPY failed for another reason than lack of support.
     """
 
-    def sendall(self, data: Union[Buffer, Lent], *, timeout: Optional[float] = None) -> Ticket:
+    def sendall(self, data: Buffer | Lent, *, timeout: float | None = None) -> Ticket:
         """Send all of ``data`` and return the ticket that tracks its memory.
 
         On a stream socket every byte is sent (zero-copy sends take at most
@@ -403,7 +406,7 @@ class ZeroCopySender(SenderBase):
             record.wait_until(lambda: record.finished_total != before or not record.pending, timeout)
         return record.finished_total - before
 
-    def flush(self, timeout: Optional[float] = None) -> bool:
+    def flush(self, timeout: float | None = None) -> bool:
         """Wait until no ticket of this socket is in flight.
 
         Args:
@@ -420,7 +423,7 @@ class ZeroCopySender(SenderBase):
         registry.maybe_reap()
         return ok
 
-    def close(self, timeout: Optional[float] = _CLOSE_TIMEOUT) -> None:
+    def close(self, timeout: float | None = _CLOSE_TIMEOUT) -> None:
         """Flush (at most ``timeout`` seconds) and detach from the socket.
 
         The socket stays open. Tickets whose completions did not come in
@@ -440,7 +443,7 @@ class ZeroCopySender(SenderBase):
         finally:
             self._release()
 
-    def __enter__(self) -> "ZeroCopySender":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -448,7 +451,7 @@ class ZeroCopySender(SenderBase):
 
     # -- the blocking driver
 
-    def _timeout(self, timeout: Optional[float]) -> Optional[float]:
+    def _timeout(self, timeout: float | None) -> float | None:
         if timeout is not None:
             return max(0.0, float(timeout))
         gettimeout = getattr(self._sock, "gettimeout", None)
@@ -459,7 +462,7 @@ class ZeroCopySender(SenderBase):
         return None
 
     @staticmethod
-    def _block(op: SendOp, wait: Wait, timeout: Optional[float]) -> None:
+    def _block(op: SendOp, wait: Wait, timeout: float | None) -> None:
         """Wait as the step asked: for POLLOUT (reaping completions on
         POLLERR meanwhile) up to ``timeout``, or briefly for a completion."""
         if not wait.events:
