@@ -103,10 +103,15 @@ class _ErrorQueue:
             self._epoll.close()
 
 
+def _wake(ready: asyncio.Future[None]) -> None:
+    if not ready.done():  # a second readiness, or a cancelled wait
+        ready.set_result(None)
+
+
 async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
     """Wait until ``fd`` is writable (or has an error) through the loop."""
-    ready = loop.create_future()
-    loop.add_writer(fd, ready.set_result, None)
+    ready: asyncio.Future[None] = loop.create_future()
+    loop.add_writer(fd, _wake, ready)
     try:
         await ready
     finally:
