@@ -30,7 +30,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 import zcio
 from zcio import zerocopy as zc
-from zcio.zerocopy import _step
+from zcio._binding import ffi
+from zcio.lowlevel import Completion
+from zcio.zerocopy import _registry, _step
 from zcio.zerocopy import BufferPool, CompletionTracker, Ticket, ZeroCopySender
 from zcio.zerocopy.aio import AsyncZeroCopySender
 
@@ -340,6 +342,28 @@ def test_tracker_retracts_only_the_last_pending_id() -> None:
     assert not t.any_pending(first, second) and t.outstanding == 0
     with pytest.raises(ValueError):
         CompletionTracker().retract(0)  # nothing issued
+
+
+def test_copied_completion_marks_the_tickets_it_covers_across_the_wrap() -> None:
+    """A socket record's tickets hold ranges of ids; a COPIED completion
+    marks exactly the tickets it meets, also when the ids wrap at 2**32."""
+    record = _registry.SocketRecord(-1, (0, 0))
+    record.tracker = CompletionTracker(U32 - 3)
+    tickets = []
+    for sends in (2, 3, 1):  # ids U32-3..U32-2 | U32-1, 0, 1 | 2
+        t = _registry.SendTicket(100, ffi.from_buffer(bytearray(1)), record)
+        for k in range(sends):
+            t.last_id = record.issue(t, k == 0)
+            t.sends += 1
+        t.busy = False
+        tickets.append(t)
+    assert [t.first_id for t in tickets] == [U32 - 3, U32 - 1, 2]
+    assert record._apply([Completion(0, 0, True)]) == []
+    assert [t.copied for t in tickets] == [False, True, False]
+    finished = record._apply([Completion(U32 - 1, U32 - 1, False), Completion(1, 2, True)])
+    assert finished == [tickets[1], tickets[2]] and tickets[2].copied and not tickets[0].copied
+    assert record._apply([Completion(U32 - 3, U32 - 2, True)]) == [tickets[0]]
+    assert tickets[0].copied and record.tracker.outstanding == 0 and not record.pending
 
 
 # ---------------------------------------------------------------- TCP and UDP round trips

@@ -198,25 +198,31 @@ class Watcher(Protocol):
     def _link(self, ticket: Ticket, address: int, length: int) -> None: ...
 
 
-_watchers: weakref.WeakSet[Watcher] = weakref.WeakSet()
+# Held weakly; a plain dict, whose emptiness costs nothing to check on the
+# hot path (every zero-copy sendall announces its ticket).
+_watchers: dict[int, weakref.ReferenceType[Watcher]] = {}
 
 
 def watch(watcher: Watcher) -> None:
     """From now on, :func:`announce` tells ``watcher._link(ticket, address,
     length)`` of every range a ticket pins (held weakly)."""
-    _watchers.add(watcher)
+    key = id(watcher)
+    _watchers[key] = weakref.ref(watcher, lambda _, key=key: _watchers.pop(key, None))  # type: ignore[misc]
 
 
 def unwatch(watcher: Watcher) -> None:
     """Undo :func:`watch`."""
-    _watchers.discard(watcher)
+    _watchers.pop(id(watcher), None)
 
 
 def announce(ticket: Ticket) -> None:
     """A ticket now pins memory the kernel may read later: tell the watchers."""
     if not _watchers:
         return
-    for watcher in list(_watchers):
+    for ref in list(_watchers.values()):
+        watcher = ref()
+        if watcher is None:
+            continue
         for pin in list(ticket._pins):
             watcher._link(ticket, int(ffi.cast("uintptr_t", pin)), len(pin))
 

@@ -75,16 +75,16 @@ _COUNTERS = (
 class SendTicket(Ticket):
     """A sendall's ticket: done when completions cover its send ids.
 
-    Its sends took the ids ``first_id`` .. ``first_id + sends - 1`` (u32,
-    contiguous: one sendall at a time per socket).
+    Its sends took the ids ``first_id`` .. ``last_id`` (u32, ``sends`` of
+    them, contiguous: one sendall at a time per socket).
     """
 
-    __slots__ = ("_record", "busy", "first_id", "sends")
+    __slots__ = ("_record", "busy", "first_id", "last_id", "sends")
 
     def __init__(self, nbytes: int, pin: object, record: SocketRecord) -> None:
         super().__init__(nbytes, [pin])
         self._record = record
-        self.first_id = 0
+        self.first_id = self.last_id = 0
         self.sends = 0
         self.busy = True  # sendall may still add sends to this ticket
 
@@ -96,15 +96,7 @@ class SendTicket(Ticket):
 
     def _pending_in(self, tracker: CompletionTracker) -> bool:
         """True while some of this ticket's sends await completion."""
-        return self.sends > 0 and tracker.any_pending(self.first_id, (self.first_id + self.sends - 1) % _U32)
-
-    def _overlaps(self, first: int, last: int) -> bool:
-        """True if the inclusive u32 range ``first..last`` meets this ticket's ids."""
-        if not self.sends:
-            return False
-        return (first - self.first_id) % _U32 < self.sends or (
-            self.first_id - first
-        ) % _U32 <= (last - first) % _U32
+        return self.sends > 0 and tracker.any_pending(self.first_id, self.last_id)
 
 
 class SocketRecord:
@@ -149,13 +141,24 @@ class SocketRecord:
 
     # -- a sendall's ticket
 
-    def register(self, ticket: SendTicket) -> None:
-        """The ticket's first zero-copy send is about to go: track it."""
+    def issue(self, ticket: SendTicket, first: bool) -> int:
+        """The id for the ticket's next zero-copy send, issued before the
+        send (its completion may race the return). The ticket's ``first``
+        send also registers it: it is pending from now on."""
         with self.lock:
-            ticket.first_id = self.tracker.next_id
-            self.pending.append(ticket)
-            self.pinned_bytes += ticket.nbytes
-        _tickets.announce(ticket)
+            if first:
+                ticket.first_id = self.tracker.next_id
+                self.pending.append(ticket)
+                self.pinned_bytes += ticket.nbytes
+            send_id = self.tracker.issue()
+        if first:
+            _tickets.announce(ticket)
+        return send_id
+
+    def retract(self, send_id: int) -> None:
+        """The send of ``send_id`` failed: the kernel took no id."""
+        with self.lock:
+            self.tracker.retract(send_id)
 
     def settle(self, ticket: SendTicket, registered: bool) -> None:
         """sendall is done adding sends: finish the ticket if it can be."""
@@ -227,15 +230,29 @@ class SocketRecord:
                 c["copied_completions"] += 1
                 c["copied_sends"] += new
                 self.copied_run += new
-                for t in self.pending:
-                    if t._overlaps(first, last):
-                        t._copied = True
+                self._mark_copied(first, last)
             else:
                 self.copied_run = 0
         if self.policy == "auto" and not self.switched_off and self.copied_run >= AUTO_COPIED_LIMIT:
             self.switched_off = True
             self.switch_reason = "copied"
         return self._collect()
+
+    def _mark_copied(self, first: int, last: int) -> None:
+        """The kernel copied the sends ``first..last``: say so on their tickets."""
+        pending = self.pending
+        if not pending:
+            return
+        # Tickets are in id order: positions relative to the oldest one
+        # tell where to stop.
+        base = pending[0].first_id
+        end = (last - first) % _U32
+        stop = (last - base) % _U32
+        for t in pending:
+            if (t.first_id - base) % _U32 > stop:
+                break
+            if t.sends and ((first - t.first_id) % _U32 < t.sends or (t.first_id - first) % _U32 <= end):
+                t._copied = True
 
     def _collect(self) -> list[SendTicket]:
         """Take the finished tickets out of ``pending`` (under the lock)."""

@@ -167,17 +167,15 @@ class SendOp:
     def _zerocopy(self, remaining: int) -> int | Wait:
         route, record = self.route, self.record
         chunk = min(remaining, _MAX_CHUNK) if route.stream else remaining
-        if not self._registered:
-            record.register(self.ticket)
-            self._registered = True
-        with record.lock:  # before the send: its completion may race the return
-            send_id = record.tracker.issue()
-        n = _c_send(route.fd, self.pin + self.sent, chunk, 0)
+        send_id = record.issue(self.ticket, not self._registered)
+        self._registered = True
+        n: int = _c_send(route.fd, self.pin + self.sent, chunk, 0)
         if n < 0:
-            with record.lock:
-                record.tracker.retract(send_id)  # the kernel took no id
+            record.retract(send_id)
             return self._refused(-n)
-        self.ticket.sends += 1
+        ticket = self.ticket
+        ticket.last_id = send_id
+        ticket.sends += 1
         c = record.counters
         c["zerocopy_sends"] += 1
         c["zerocopy_bytes"] += n
@@ -185,7 +183,10 @@ class SendOp:
         record.since_reap += 1
         if record.since_reap >= route.reap_every:
             self.reap()
-        return self._advance(n)
+        self.sent += n
+        if not route.stream or self.sent == self.total:
+            self.finished = True
+        return n
 
     def _copy(self, remaining: int) -> int | Wait:
         try:
@@ -198,9 +199,6 @@ class SendOp:
             self._copy_next = False
         c["copy_sends"] += 1
         c["copy_bytes"] += n
-        return self._advance(n)
-
-    def _advance(self, n: int) -> int:
         self.sent += n
         if not self.route.stream or self.sent == self.total:
             self.finished = True

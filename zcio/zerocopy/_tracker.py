@@ -120,9 +120,17 @@ class CompletionTracker:
     def any_pending(self, first: int, last: int) -> bool:
         """True if some id of the inclusive range ``first..last`` was issued
         and is not complete yet (a ticket covering those sends is not done)."""
-        lo, hi = self._unwrap(first, last)
-        hi = min(hi, self._next)
-        return lo < hi and not self._covers(lo, hi)
+        low, nxt = self._low, self._next
+        lo = low + ((first - low) % _U32)  # as _unwrap, inline: the hot path
+        if lo >= nxt:
+            lo -= _U32
+        hi = lo + ((last - first) % _U32) + 1
+        hi = min(hi, nxt)  # ids not issued are not pending
+        if lo >= hi or hi <= low:
+            return False
+        if lo < low or not self._starts:
+            return True  # low itself is pending
+        return not self._covers(lo, hi)
 
     def __repr__(self) -> str:
         return (

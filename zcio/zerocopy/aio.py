@@ -206,9 +206,8 @@ class AsyncZeroCopySender(SenderBase):
             ValueError: the sender is closed.
             RuntimeError: another sendall of this sender is running.
         """
-        self._enter()
+        op = self._begin(data)
         try:
-            op = self._begin(data)
             if not isinstance(op, SendOp):
                 return AsyncTicket(op, self._queue)
             try:

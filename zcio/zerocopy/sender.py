@@ -234,50 +234,52 @@ class SenderBase:
 
     # -- for the drivers
 
-    def _enter(self) -> None:
-        """Start a sendall: one at a time (release ``_guard`` after it).
+    def _begin(self, data: Buffer | Lent) -> Ticket | SendOp:
+        """Start a sendall, one at a time: the caller releases ``_guard``
+        when it returned. Its first attempt: all of a plain-copy send.
+
+        Below the threshold, or with zero-copy off, one write usually sends
+        everything: nothing outlives the call, so no pin and no bookkeeping,
+        and the ticket is done. Otherwise the step takes over.
 
         Raises:
             ValueError: the sender is closed.
             RuntimeError: a sendall is already running.
+            TypeError, BufferError: ``data`` is not a C-contiguous buffer.
         """
         if self._closed:
             raise ValueError(f"sendall() on a closed {type(self).__name__}")
         if not self._guard.acquire(False):
             raise RuntimeError(f"{type(self).__name__}.sendall() called from two threads or tasks at once")
-
-    def _begin(self, data: Buffer | Lent) -> Ticket | SendOp:
-        """The first attempt of a sendall: all of a plain-copy send, if it goes.
-
-        Below the threshold, or with zero-copy off, one write usually sends
-        everything: nothing outlives the call, so no pin and no bookkeeping,
-        and the ticket is done. Otherwise the step takes over.
-        """
-        if registry.graveyard:
-            registry.maybe_reap()
-        buf: Any = data
-        cls = type(buf)
-        if cls is bytes or cls is bytearray:
-            total = len(buf)
-        else:
-            if isinstance(buf, Lent):
-                buf = buf.memory
-            total = _nbytes(buf)
-        route, record = self._route, self._record
-        sent = 0
-        if total < route.threshold or not route.zerocopy or record.switched_off:
-            try:
-                sent = os.write(route.fd, buf)
-            except BlockingIOError:
-                pass
-            if sent == total:
-                c = record.counters
-                c["sendalls"] += 1
-                if sent or not route.stream:
-                    c["copy_sends"] += 1
-                    c["copy_bytes"] += sent
-                return Ticket(total)
-        return SendOp(route, record, buf, sent)
+        try:
+            if registry.graveyard:
+                registry.maybe_reap()
+            buf: Any = data
+            cls = type(buf)
+            if cls is bytes or cls is bytearray:
+                total = len(buf)
+            else:
+                if isinstance(buf, Lent):
+                    buf = buf.memory
+                total = _nbytes(buf)
+            route, record = self._route, self._record
+            sent = 0
+            if total < route.threshold or not route.zerocopy or record.switched_off:
+                try:
+                    sent = os.write(route.fd, buf)
+                except BlockingIOError:
+                    pass
+                if sent == total:
+                    c = record.counters
+                    c["sendalls"] += 1
+                    if sent or not route.stream:
+                        c["copy_sends"] += 1
+                        c["copy_bytes"] += sent
+                    return Ticket(total)
+            return SendOp(route, record, buf, sent)
+        except BaseException:
+            self._guard.release()
+            raise
 
     def _reap_now(self) -> int:
         """Drain completions without waiting; returns the tickets finished."""
@@ -365,9 +367,8 @@ class ZeroCopySender(SenderBase):
             TypeError: ``data`` does not export the buffer protocol.
             BufferError: ``data`` is not C-contiguous.
         """
-        self._enter()
+        op = self._begin(data)
         try:
-            op = self._begin(data)
             if not isinstance(op, SendOp):
                 return op
             limit = self._timeout(timeout)
