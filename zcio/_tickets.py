@@ -45,6 +45,7 @@ __all__ = [
     "announce",
     "keep",
     "kept",
+    "let_go",
     "poll_kept",
     "remaining",
     "run",
@@ -150,7 +151,6 @@ class Ticket:
             if callbacks is None:
                 return []  # done already
             pins, self._pins = self._pins, []
-            _kept.discard(self)
         for pin in pins:  # before _done: whoever sees done may resize the buffer
             ffi.release(pin)
         self._done = True
@@ -238,6 +238,12 @@ def keep(ticket: Ticket) -> None:
     with _lock:
         if ticket._callbacks is not None:  # not finished (see _finish)
             _kept.add(ticket)
+
+
+def let_go(ticket: Ticket) -> None:
+    """A kept ticket is done: stop holding it (its kind calls this on finishing)."""
+    with _lock:
+        _kept.discard(ticket)
 
 
 def kept() -> int:

@@ -192,6 +192,7 @@ class PipeTicket(Ticket):
     def _finish(self) -> List[_tickets.Callback]:
         callbacks = super()._finish()
         self._pipe = None
+        _tickets.let_go(self)
         return callbacks
 
 

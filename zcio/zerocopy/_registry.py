@@ -94,9 +94,6 @@ class SendTicket(Ticket):
     def _wait(self, timeout: float | None) -> bool:
         return self._record.wait_until(lambda: self._done, timeout)
 
-    def _pending_in(self, tracker: CompletionTracker) -> bool:
-        """True while some of this ticket's sends await completion."""
-        return self.sends > 0 and tracker.any_pending(self.first_id, self.last_id)
 
 
 class SocketRecord:
@@ -167,7 +164,7 @@ class SocketRecord:
             ticket.busy = False
             if not registered:
                 callbacks = ticket._finish()
-            elif not ticket._pending_in(self.tracker):
+            elif not (ticket.sends and self.tracker.any_pending(ticket.first_id, ticket.last_id)):
                 try:
                     self.pending.remove(ticket)
                 except ValueError:  # pragma: no cover - already collected
@@ -175,7 +172,8 @@ class SocketRecord:
                 else:
                     self.pinned_bytes -= ticket.nbytes
                     callbacks = ticket._finish()
-        _tickets.run(callbacks, ticket)
+        if callbacks:
+            _tickets.run(callbacks, ticket)
 
     # -- reaping
 
@@ -205,7 +203,8 @@ class SocketRecord:
                 done.append((t, t._finish()))
             self.finished_total += len(finished)
         for ticket, callbacks in done:
-            _tickets.run(callbacks, ticket)
+            if callbacks:
+                _tickets.run(callbacks, ticket)
         return len(comps), len(finished)
 
     def _same_socket(self) -> bool:
@@ -261,14 +260,14 @@ class SocketRecord:
         finished: list[SendTicket] = []
         while pending:
             t = pending[0]
-            if t.busy or t._pending_in(tracker):
+            if t.busy or (t.sends and tracker.any_pending(t.first_id, t.last_id)):
                 break
             pending.popleft()
             finished.append(t)
         if tracker.gaps and pending:
             keep: deque[SendTicket] = deque()
             for t in pending:
-                if not t.busy and not t._pending_in(tracker):
+                if not t.busy and not (t.sends and tracker.any_pending(t.first_id, t.last_id)):
                     finished.append(t)
                 else:
                     keep.append(t)

@@ -121,16 +121,17 @@ class CompletionTracker:
         """True if some id of the inclusive range ``first..last`` was issued
         and is not complete yet (a ticket covering those sends is not done)."""
         low, nxt = self._low, self._next
+        if low == nxt:
+            return False  # nothing outstanding
         lo = low + ((first - low) % _U32)  # as _unwrap, inline: the hot path
         if lo >= nxt:
             lo -= _U32
         hi = lo + ((last - first) % _U32) + 1
-        hi = min(hi, nxt)  # ids not issued are not pending
-        if lo >= hi or hi <= low:
-            return False
+        if hi <= low:
+            return False  # all before the low-water mark
         if lo < low or not self._starts:
-            return True  # low itself is pending
-        return not self._covers(lo, hi)
+            return True  # low itself (pending) is in the range, or lo is
+        return not self._covers(lo, min(hi, nxt))  # ids not issued are not pending
 
     def __repr__(self) -> str:
         return (

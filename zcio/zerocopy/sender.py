@@ -367,16 +367,17 @@ class ZeroCopySender(SenderBase):
             TypeError: ``data`` does not export the buffer protocol.
             BufferError: ``data`` is not C-contiguous.
         """
+        if timeout is not None:
+            timeout = max(0.0, float(timeout))
         op = self._begin(data)
         try:
             if not isinstance(op, SendOp):
                 return op
-            limit = self._timeout(timeout)
             try:
                 while not op.finished:
                     wait = op.step()
                     if type(wait) is Wait:
-                        self._block(op, wait, limit)
+                        self._block(op, wait, timeout)
             except BaseException as exc:
                 err = op.fail(exc)
                 if err is exc:
@@ -453,8 +454,9 @@ class ZeroCopySender(SenderBase):
     # -- the blocking driver
 
     def _timeout(self, timeout: float | None) -> float | None:
+        """The sendall's timeout, else the socket's own positive one."""
         if timeout is not None:
-            return max(0.0, float(timeout))
+            return timeout
         gettimeout = getattr(self._sock, "gettimeout", None)
         if gettimeout is not None:
             t = gettimeout()
@@ -462,16 +464,17 @@ class ZeroCopySender(SenderBase):
                 return float(t)
         return None
 
-    @staticmethod
-    def _block(op: SendOp, wait: Wait, timeout: float | None) -> None:
+    def _block(self, op: SendOp, wait: Wait, timeout: float | None) -> None:
         """Wait as the step asked: for POLLOUT (reaping completions on
-        POLLERR meanwhile) up to ``timeout``, or briefly for a completion."""
+        POLLERR meanwhile) up to the sendall's ``timeout``, or briefly for a
+        completion."""
         if not wait.events:
             _poll_fd(wait.fd, 0, wait.timeout)
             return
-        revents = _poll_fd(wait.fd, wait.events, timeout if wait.timeout is None else wait.timeout)
+        limit = self._timeout(timeout)
+        revents = _poll_fd(wait.fd, wait.events, limit if wait.timeout is None else wait.timeout)
         if revents == 0:
-            raise op.timed_out(timeout if timeout is not None else 0.0)
+            raise op.timed_out(limit or 0.0)
         if revents & select.POLLNVAL:
             raise OSError(_errno.EBADF, os.strerror(_errno.EBADF))
         if revents & select.POLLERR:
