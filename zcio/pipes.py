@@ -136,7 +136,6 @@ class Pipe:
         return f"<zcio.Pipe r={self.r} w={self.w}>"
 
 
-
 # ---------------------------------------------------------------- vmsplice
 
 _IOV_MAX = 1024
@@ -327,6 +326,7 @@ def _vmsplice_all(pipe: Pipe, pins: List[Any], timeout: Optional[float]) -> None
                 entry.iov_base = ffi.cast("char *", entry.iov_base) + n
                 entry.iov_len -= n
                 n = 0
+
 
 def _default_sizing() -> "tuple[int, int]":
     """(pipe size, most pipes) from pipe-max-size and the per-user page limits.

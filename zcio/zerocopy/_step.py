@@ -87,7 +87,18 @@ class SendOp:
         BufferError: ``data`` is not C-contiguous.
     """
 
-    __slots__ = ("_copy_next", "_registered", "_waited", "finished", "pin", "record", "route", "sent", "ticket", "total")
+    __slots__ = (
+        "_copy_next",
+        "_registered",
+        "_waited",
+        "finished",
+        "pin",
+        "record",
+        "route",
+        "sent",
+        "ticket",
+        "total",
+    )
 
     def __init__(self, route: Route, record: SocketRecord, data: Any, sent: int) -> None:
         self.pin = ffi.from_buffer(data)
