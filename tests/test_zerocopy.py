@@ -26,14 +26,26 @@ from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Set
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 import zcio
 from zcio import zerocopy as zc
 from zcio._binding import ffi
 from zcio.lowlevel import Completion
-from zcio.zerocopy import _registry, _step
-from zcio.zerocopy import BufferPool, CompletionTracker, Ticket, ZeroCopySender
+from zcio.zerocopy import (
+    BufferPool,
+    CompletionTracker,
+    Ticket,
+    ZeroCopySender,
+    _registry,
+    _step,
+)
 from zcio.zerocopy.aio import AsyncZeroCopySender
 
 LOOPS = ["asyncio"]
