@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/mman.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -234,6 +235,11 @@ int zcio_read_completions(int fd, zcio_completion *out, int max)
         n += zcio_parse_cmsgs(control.buf, msg.msg_controllen, out + n, max - n);
     }
     return n;
+}
+
+int zcio_mlock(const void *addr, size_t len)
+{
+    return mlock(addr, len) == 0 ? 0 : -errno;
 }
 
 int zcio_probe_syscall(const char *name)

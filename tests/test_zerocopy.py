@@ -8,25 +8,53 @@ then stays queued, its completion cannot come, and the pin must hold.
 """
 from __future__ import annotations
 
+import ast
+import asyncio
 import errno
 import gc
 import os
+import pathlib
 import random
+import select
 import socket
 import subprocess
 import sys
 import threading
 import zlib
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 import zcio
 from zcio import zerocopy as zc
-from zcio.zerocopy import BufferPool, CompletionTracker, Ticket, ZeroCopySender
+from zcio._binding import ffi
+from zcio.lowlevel import Completion
+from zcio.zerocopy import (
+    BufferPool,
+    CompletionTracker,
+    Ticket,
+    ZeroCopySender,
+    _registry,
+    _step,
+)
+from zcio.zerocopy.aio import AsyncZeroCopySender
+
+LOOPS = ["asyncio"]
+try:
+    import uvloop
+
+    LOOPS.append("uvloop")
+except ImportError:  # pragma: no cover - uvloop is in the test extra
+    uvloop = None
 
 U32 = 1 << 32
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -236,6 +264,14 @@ class TrackerMachine(RuleBasedStateMachine):
                 runs.append([seq])
         return runs
 
+    @rule()
+    def failed_send(self) -> None:
+        """An id issued before a send that failed is taken back."""
+        send_id = self.tracker.issue()
+        assert send_id == self.next % U32 and self.tracker.is_pending(send_id)
+        self.tracker.retract(send_id)
+        assert self.tracker.next_id == send_id and not self.tracker.is_pending(send_id)
+
     @precondition(lambda self: self.outstanding)
     @rule(data=st.data())
     def kernel_completion(self, data: st.DataObject) -> None:
@@ -259,6 +295,11 @@ class TrackerMachine(RuleBasedStateMachine):
     @invariant()
     def agrees_with_model(self) -> None:
         assert self.tracker.outstanding == len(self.outstanding)
+        # gaps: runs of completed ids above the oldest outstanding one
+        oldest = min(self.outstanding, default=self.next)
+        done_above = [seq for seq in range(oldest, self.next) if seq not in self.outstanding]
+        runs = sum(1 for k, seq in enumerate(done_above) if k == 0 or done_above[k - 1] + 1 != seq)
+        assert self.tracker.gaps == runs
         assert self.tracker.next_id == self.next % U32
         recent = self.issued[-48:]
         for seq in recent:
@@ -269,7 +310,7 @@ class TrackerMachine(RuleBasedStateMachine):
                 if b <= len(recent):
                     window = recent[a:b]
                     expect = not (set(window) & self.outstanding)
-                    assert self.tracker._covers(window[0], window[-1] + 1) == expect
+                    assert (not self.tracker.any_pending(window[0] % U32, window[-1] % U32)) == expect
 
 
 TestTrackerMachine = TrackerMachine.TestCase
@@ -297,6 +338,44 @@ def test_tracker_rejects_bad_ids() -> None:
         t.complete(0, U32)
     assert t.complete(5, 9) == 0  # never issued
     assert t.outstanding == 1
+
+
+def test_tracker_retracts_only_the_last_pending_id() -> None:
+    t = CompletionTracker(U32 - 1)
+    first, second = t.issue(), t.issue()
+    assert (first, second) == (U32 - 1, 0)
+    with pytest.raises(ValueError):
+        t.retract(first)  # not the last issued
+    t.complete(second, second)
+    with pytest.raises(ValueError):
+        t.retract(second)  # already complete: its send went
+    assert t.any_pending(first, second) and not t.any_pending(second, second)
+    t.complete(first, first)
+    assert not t.any_pending(first, second) and t.outstanding == 0
+    with pytest.raises(ValueError):
+        CompletionTracker().retract(0)  # nothing issued
+
+
+def test_copied_completion_marks_the_tickets_it_covers_across_the_wrap() -> None:
+    """A socket record's tickets hold ranges of ids; a COPIED completion
+    marks exactly the tickets it meets, also when the ids wrap at 2**32."""
+    record = _registry.SocketRecord(-1, (0, 0))
+    record.tracker = CompletionTracker(U32 - 3)
+    tickets = []
+    for sends in (2, 3, 1):  # ids U32-3..U32-2 | U32-1, 0, 1 | 2
+        t = _registry.SendTicket(100, ffi.from_buffer(bytearray(1)), record)
+        for k in range(sends):
+            t.last_id = record.issue(t, k == 0)
+            t.sends += 1
+        t.busy = False
+        tickets.append(t)
+    assert [t.first_id for t in tickets] == [U32 - 3, U32 - 1, 2]
+    assert record._apply([Completion(0, 0, True)]) == []
+    assert [t.copied for t in tickets] == [False, True, False]
+    finished = record._apply([Completion(U32 - 1, U32 - 1, False), Completion(1, 2, True)])
+    assert finished == [tickets[1], tickets[2]] and tickets[2].copied and not tickets[0].copied
+    assert record._apply([Completion(U32 - 3, U32 - 2, True)]) == [tickets[0]]
+    assert tickets[0].copied and record.tracker.outstanding == 0 and not record.pending
 
 
 # ---------------------------------------------------------------- TCP and UDP round trips
@@ -470,14 +549,14 @@ def test_timeout_reports_progress_and_ticket(make_tcp: Any) -> None:
 def test_concurrent_sendall_is_refused(make_tcp: Any, monkeypatch: Any) -> None:
     client, server = make_tcp()
     entered, release = threading.Event(), threading.Event()
-    real = zc._c_send
+    real = _step._c_send
 
     def slow_send(*args: Any) -> int:
         entered.set()
         release.wait(10)
         return real(*args)
 
-    monkeypatch.setattr(zc, "_c_send", slow_send)
+    monkeypatch.setattr(_step, "_c_send", slow_send)
     with ZeroCopySender(client, policy="always") as z:
         t = threading.Thread(target=z.sendall, args=(b"a" * 20000,))
         t.start()
@@ -620,7 +699,7 @@ def test_sender_survives_timestamped_load_tcp(make_tcp: Any) -> None:
 def test_enobufs_with_sends_in_flight_reaps_and_retries(make_tcp: Any, monkeypatch: Any) -> None:
     client, server = make_tcp()
     reader = Reader(server)
-    real = zc._c_send
+    real = _step._c_send
     calls = [0]
     injected = [0]
 
@@ -631,7 +710,7 @@ def test_enobufs_with_sends_in_flight_reaps_and_retries(make_tcp: Any, monkeypat
             return -errno.ENOBUFS
         return real(*args)
 
-    monkeypatch.setattr(zc, "_c_send", flaky)
+    monkeypatch.setattr(_step, "_c_send", flaky)
     chunks = [os.urandom(30000) for _ in range(300)]
     with ZeroCopySender(client, policy="always", reap_every=10**9) as z:
         tickets = [z.sendall(c) for c in chunks]
@@ -654,7 +733,7 @@ def test_enobufs_with_nothing_in_flight_copies(make_tcp: Any, monkeypatch: Any) 
         calls.append(args)
         return -errno.ENOBUFS
 
-    monkeypatch.setattr(zc, "_c_send", no_buffers)
+    monkeypatch.setattr(_step, "_c_send", no_buffers)
     data = os.urandom(300_000)
     with ZeroCopySender(client, policy="auto") as z:
         for _ in range(zc.AUTO_ENOBUFS_LIMIT):
@@ -668,6 +747,129 @@ def test_enobufs_with_nothing_in_flight_copies(make_tcp: Any, monkeypatch: Any) 
         z.sendall(data)
         assert len(calls) == n  # switched off: MSG_ZEROCOPY no longer tried
     assert drain(server, len(data) * (zc.AUTO_ENOBUFS_LIMIT + 1)) == data * (zc.AUTO_ENOBUFS_LIMIT + 1)
+
+
+# ---------------------------------------------------------------- the step and its drivers
+
+
+def run_on(kind: str, body: Callable[[], Awaitable[Any]]) -> Any:
+    """Run ``body()`` on a new loop of ``kind`` (bounded: 30 s)."""
+    loop = uvloop.new_event_loop() if kind == "uvloop" else asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(asyncio.wait_for(body(), 30))
+    finally:
+        loop.close()
+
+
+def drive(op: _step.SendOp) -> Ticket:
+    """A driver written by hand: step, and poll() as each Wait asks."""
+    while not op.finished:
+        wait = op.step()
+        if isinstance(wait, _step.Wait):
+            p = select.poll()
+            p.register(wait.fd, wait.events)
+            p.poll(10_000 if wait.timeout is None else int(wait.timeout * 1000) + 1)
+    return op.finish()
+
+
+def test_step_on_a_full_socket_asks_to_wait_for_pollout(make_tcp: Any) -> None:
+    client, server = stalled_pair(make_tcp)
+    client.setblocking(False)
+    data = os.urandom(16 << 20)
+    with ZeroCopySender(client, policy="always") as z:
+        op = z._begin(data)
+        assert isinstance(op, _step.SendOp)
+        sent: List[int] = []
+        while True:
+            result = op.step()
+            if isinstance(result, _step.Wait):
+                break
+            sent.append(result)
+        assert result == _step.Wait(client.fileno(), select.POLLOUT)
+        assert 0 < sum(sent) == op.sent < len(data) and not op.finished
+        assert z.stats["eagain_waits"] == 1 and z.stats["sendalls"] == 1
+        reader = Reader(server)
+        ticket = drive(op)
+        assert ticket.nbytes == len(data) and ticket.wait(10)
+    client.shutdown(socket.SHUT_WR)
+    assert reader.result() == data
+
+
+def test_step_after_enobufs_waits_briefly_then_copies(make_tcp: Any, monkeypatch: Any) -> None:
+    """ENOBUFS with a send in flight whose completion cannot come yet (the
+    peer does not read): the step asks to wait for a completion, briefly;
+    none came, so the next chunk goes by copy."""
+    client, server = stalled_pair(make_tcp)
+    data = os.urandom(3 << 20)
+    with ZeroCopySender(client, policy="always") as z:
+        op = z._begin(data)
+        assert isinstance(op, _step.SendOp)
+        assert op.step() > 0 and z.stats["zerocopy_sends"] == 1
+        monkeypatch.setattr(_step, "_c_send", lambda *args: -errno.ENOBUFS)
+        assert op.step() == _step.Wait(client.fileno(), 0, _step._ENOBUFS_WAIT)
+        reader = Reader(server)
+        ticket = drive(op)
+        stats = z.stats
+        assert stats["enobufs"] == stats["enobufs_copies"] == 1
+        assert stats["zerocopy_sends"] == 1 and ticket.wait(10)
+    client.shutdown(socket.SHUT_WR)
+    assert reader.result() == data
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_async_driver_awaits_pollout_on_the_loop(make_tcp: Any, loop: str, monkeypatch: Any) -> None:
+    """A full socket: the async driver awaits POLLOUT on the loop and steps
+    on -- one sendall, one ticket, no error raised and caught per EAGAIN."""
+    client, server = stalled_pair(make_tcp)
+    client.setblocking(False)
+    data = os.urandom(16 << 20)
+
+    def no_error(*args: Any) -> Any:
+        raise AssertionError(f"a TransferError was built: {args}")
+
+    monkeypatch.setattr(_step, "transfer_error", no_error)
+
+    async def body() -> Tuple[Any, Reader, Dict[str, Any]]:
+        async with AsyncZeroCopySender(client, policy="always") as z:
+            sending = asyncio.ensure_future(z.sendall(data))
+            while z.stats["eagain_waits"] == 0:
+                await asyncio.sleep(0.001)
+            assert not sending.done()  # waiting on the loop, not blocking it
+            reader = Reader(server)
+            ticket = await sending
+            assert await ticket.wait(10)
+            return ticket, reader, z.stats
+
+    ticket, reader, stats = run_on(loop, body)
+    client.shutdown(socket.SHUT_WR)
+    assert reader.result() == data
+    assert ticket.nbytes == len(data) and ticket.done()
+    assert stats["sendalls"] == 1 and stats["eagain_waits"] >= 1
+    assert stats["bytes"] == len(data)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_async_sendall_one_at_a_time(make_tcp: Any, loop: str) -> None:
+    """Two tasks may not interleave their bytes on one stream: the second
+    sendall while the first waits raises RuntimeError, as with threads."""
+    client, server = stalled_pair(make_tcp)
+    client.setblocking(False)
+    data = os.urandom(16 << 20)
+
+    async def body() -> Reader:
+        async with AsyncZeroCopySender(client, policy="always") as z:
+            first = asyncio.ensure_future(z.sendall(data))
+            while z.stats["eagain_waits"] == 0:
+                await asyncio.sleep(0.001)
+            with pytest.raises(RuntimeError):
+                await z.sendall(b"x" * 100_000)
+            reader = Reader(server)
+            assert await (await first).wait(10)
+            return reader
+
+    reader = run_on(loop, body)
+    client.shutdown(socket.SHUT_WR)
+    assert reader.result() == data
 
 
 # ---------------------------------------------------------------- close, GC, graveyard
@@ -722,8 +924,9 @@ def test_garbage_collected_sender_parks_pins(make_tcp: Any) -> None:
     z = ZeroCopySender(client, policy="always")
     z.sendall(ba)  # the ticket is dropped at once
     ref = __import__("weakref").ref(z)
-    del z
-    gc.collect()
+    with pytest.warns(ResourceWarning, match="unclosed"):
+        del z
+        gc.collect()
     assert ref() is None
     assert zc.graveyard_stats()["tickets"] >= 1
     with pytest.raises(BufferError):
@@ -761,6 +964,80 @@ def test_closed_socket_abandons_pins_for_good(make_tcp: Any, allow_abandon: None
     assert not t.done()
     with pytest.raises(BufferError):
         ba.extend(b"x")
+
+
+def _epoll_fds() -> int:
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{name}") == "anon_inode:[eventpoll]"
+        except OSError:
+            pass
+    return count
+
+
+def test_sender_dropped_unclosed_warns_and_lets_go_of_the_socket(make_tcp: Any) -> None:
+    client, server = make_tcp()
+    z = ZeroCopySender(client, policy="always")
+    z.sendall(b"x" * 100)
+    with pytest.warns(ResourceWarning, match="unclosed <zcio.ZeroCopySender"):
+        del z
+        gc.collect()
+    with ZeroCopySender(client) as again:  # the socket is free for a new sender
+        again.sendall(b"y")
+    assert drain(server, 101) == b"x" * 100 + b"y"
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_async_sender_dropped_unclosed_warns_and_lets_go(make_tcp: Any, loop: str) -> None:
+    """Collected while its loop runs: the loop drops the error-queue reader
+    on its own thread and the epoll fd is closed; the record is parked and
+    the pinned buffer stays pinned until its completion came."""
+    client, server = stalled_pair(make_tcp)
+    client.setblocking(False)
+    ba = bytearray(os.urandom(STALL))
+
+    async def body() -> None:
+        before = _epoll_fds()
+        z = AsyncZeroCopySender(client, policy="always")
+        assert _epoll_fds() == before + 1
+        ticket = await z.sendall(ba)
+        assert not ticket.done()
+        with pytest.warns(ResourceWarning, match="unclosed <zcio.AsyncZeroCopySender"):
+            del z
+            gc.collect()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert _epoll_fds() == before
+        with pytest.raises(BufferError):
+            ba.extend(b"x")  # still pinned: the kernel may read it
+        assert zc.graveyard_stats()["tickets"] == 1
+        assert drain(server, len(ba)) == bytes(ba)
+        async with AsyncZeroCopySender(client, policy="always") as again:
+            assert again.in_flight == len(ba)  # adopted from the graveyard
+            assert await again.flush(10)
+        assert ticket.done() and resizable(ba)
+
+    run_on(loop, body)
+
+
+def test_async_sender_dropped_after_its_loop_closed(make_tcp: Any) -> None:
+    client, server = make_tcp()
+    client.setblocking(False)
+    before = _epoll_fds()
+    loop = asyncio.new_event_loop()
+
+    async def make() -> AsyncZeroCopySender:
+        return AsyncZeroCopySender(client)
+
+    z = loop.run_until_complete(make())
+    loop.close()
+    with pytest.warns(ResourceWarning, match="unclosed"):
+        del z
+        gc.collect()
+    assert _epoll_fds() == before
+    with ZeroCopySender(client):
+        pass  # the socket is free for a new sender
 
 
 # ---------------------------------------------------------------- vmsplice
@@ -829,7 +1106,7 @@ def test_vmsplice_timeout_keeps_pins_of_what_went_in() -> None:
         size = p.size
         buf = bytearray(os.urandom(size * 3))
         with pytest.raises(TimeoutError) as info:
-            zc.pipe_vmsplice(p, [buf], timeout=0.02)
+            p.vmsplice([buf], timeout=0.02)
         exc = info.value
         assert exc.transferred == p.pending > 0
         assert not exc.ticket.done()
@@ -1025,3 +1302,73 @@ def test_locked_memory_limit_enobufs_and_mlock_error(tmp_path: Any) -> None:
     assert out["auto"]["policy_switched_off"] and out["auto"]["switch_reason"] == "enobufs"
     assert out["auto"]["enobufs"] == zc.AUTO_ENOBUFS_LIMIT
     assert out["exact"]
+
+
+# ---------------------------------------------------------------- import graph
+
+MINE = ("zcio._tickets", "zcio.zerocopy")
+
+
+def _import_graph() -> Dict[str, Set[str]]:
+    """zcio's modules and the zcio modules each imports (at any depth of the
+    file, but not under ``if TYPE_CHECKING:``; parent packages left out, as
+    they are imported first anyway)."""
+    root = pathlib.Path(zcio.__file__).resolve().parent
+    paths: Dict[str, pathlib.Path] = {}
+    for path in root.rglob("*.py"):
+        parts = list(path.relative_to(root.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        paths[".".join(parts)] = path
+    graph: Dict[str, Set[str]] = {}
+    for name, path in paths.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        hidden = {
+            id(n)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.dump(node.test)
+            for n in ast.walk(node)
+        }
+        deps: Set[str] = set()
+        for node in ast.walk(tree):
+            if id(node) in hidden:
+                continue
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(up + ([node.module] if node.module else []))
+                subs = [f"{base}.{alias.name}" for alias in node.names]
+                targets = [t for t in subs if t in paths] or [base]
+            else:
+                continue
+            deps.update(t for t in targets if t in paths and t != name and not name.startswith(t + "."))
+        graph[name] = deps
+    return graph
+
+
+def _reach(graph: Dict[str, Set[str]], start: str) -> Set[str]:
+    seen: Set[str] = set()
+    todo = [start]
+    while todo:
+        for dep in graph[todo.pop()]:
+            if dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    return seen
+
+
+def test_no_import_cycle_through_tickets_or_zerocopy() -> None:
+    graph = _import_graph()
+    mine = [m for m in graph if m.startswith(MINE)]
+    assert "zcio.zerocopy._step" in mine and "zcio._tickets" in mine
+    for module in mine:
+        assert module not in _reach(graph, module), f"{module} imports itself through a cycle"
+    assert graph["zcio._tickets"] <= {"zcio._binding"}
+    # pipes and zero-copy meet only through the ticket base
+    assert not any(m.startswith("zcio.zerocopy") for m in _reach(graph, "zcio.pipes"))
+    for module in mine:
+        assert "zcio.pipes" not in _reach(graph, module), module

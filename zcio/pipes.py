@@ -8,22 +8,24 @@ the per-user pipe page limits, and never reuses a pipe that still holds data.
 from __future__ import annotations
 
 import array
+import errno as _errno
 import fcntl
 import os
+import select
 import termios
 import threading
+import time
 import warnings
 import weakref
-from typing import TYPE_CHECKING, Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
-from . import _stats
-from ._binding import lib
-from .lowlevel import features
+from . import _stats, _tickets
+from ._binding import ffi, lib
+from ._errors import TransferError, transfer_error
+from ._tickets import Lent, Ticket, remaining
+from .lowlevel import _poll_fd, features
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .zerocopy import Ticket
-
-__all__ = ["Pipe", "PipePool", "default_pool"]
+__all__ = ["Pipe", "PipePool", "PipeTicket", "default_pool", "pipe_vmsplice"]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -110,18 +112,17 @@ class Pipe:
             want -= len(chunk)
         return b"".join(parts)
 
-    def vmsplice(self, buffers: Sequence[Any]) -> "Ticket":
-        """Map ``buffers`` into the pipe without copying; see :mod:`zcio.zerocopy`.
+    def vmsplice(self, buffers: Sequence[Any], *, timeout: Optional[float] = None) -> PipeTicket:
+        """Map ``buffers`` into the pipe without copying; see :func:`pipe_vmsplice`.
 
         Returns a ticket that is done once the pipe's reader has consumed past
         these bytes; the buffers stay pinned (a bytearray cannot be resized)
         until then. A reader that splices the pages onward to a socket keeps
         referencing them after that: for sockets use ZeroCopySender.
+        ``timeout`` bounds the wait for room in a full pipe.
         """
-        from .zerocopy import pipe_vmsplice
-
         self._check_open()
-        return pipe_vmsplice(self, buffers)
+        return pipe_vmsplice(self, buffers, timeout=timeout)
 
     def close(self) -> None:
         """Close both ends (idempotent)."""
@@ -158,6 +159,198 @@ class Pipe:
         if self.closed:
             return "<zcio.Pipe closed>"
         return f"<zcio.Pipe r={self.r} w={self.w}>"
+
+
+# ---------------------------------------------------------------- vmsplice
+
+_IOV_MAX = 1024
+
+
+class PipeTicket(Ticket):
+    """A vmsplice ticket: done once the pipe's reader consumed past its bytes.
+
+    ``pipe.written`` counts the bytes written through the Pipe object; the
+    ticket remembers ``end``, its value after this ticket's bytes went in;
+    the reader has consumed ``pipe.written - pipe.pending``. A closed Pipe
+    resolves its tickets (the pipe's pages went with it).
+    """
+
+    __slots__ = ("_end", "_pipe")
+
+    def __init__(self, pins: List[Any], pipe: Pipe) -> None:
+        super().__init__(sum(len(p) for p in pins), pins)
+        self._pipe: Optional[Pipe] = pipe
+        self._end = 0
+
+    def _poll(self) -> None:
+        if self._consumed():
+            _tickets.run(self._finish(), self)
+
+    def _consumed(self) -> bool:
+        pipe = self._pipe
+        if pipe is None or pipe.closed:
+            return True  # the pipe's pages went with it (see pipe_vmsplice)
+        written = pipe.written
+        if written < self._end:
+            return True  # a pool took the pipe back empty and reset the count
+        try:
+            pending = pipe.pending
+        except (OSError, ValueError):
+            return pipe.closed
+        return written - pending >= self._end
+
+    def _wait(self, timeout: Optional[float]) -> bool:
+        # Nothing signals consumption: poll with a short back-off.
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        delay = 0.0005
+        while True:
+            self._poll()
+            if self._done:
+                return True
+            left = remaining(deadline)
+            if left is not None and left <= 0:
+                return False
+            time.sleep(delay if left is None else min(delay, left))
+            delay = min(delay * 2, 0.02)
+
+    def _finish(self) -> List[_tickets.Callback]:
+        callbacks = super()._finish()
+        self._pipe = None
+        _tickets.let_go(self)
+        return callbacks
+
+
+def _pin_all(buffers: Sequence[Any]) -> List[Any]:
+    """Pin each non-empty buffer (a lent pool buffer: its memory)."""
+    pins: List[Any] = []
+    try:
+        for b in buffers:
+            pins.append(ffi.from_buffer(b.memory if isinstance(b, Lent) else b))
+    except BaseException:
+        for p in pins:
+            ffi.release(p)
+        raise
+    for p in pins:
+        if not len(p):
+            ffi.release(p)  # nothing of it goes into the pipe
+    return [p for p in pins if len(p)]
+
+
+def pipe_vmsplice(pipe: Pipe, buffers: Sequence[Any], *, timeout: Optional[float] = None) -> PipeTicket:
+    """Map ``buffers`` into ``pipe`` without copying; the ticket keeps them pinned.
+
+    ``Pipe.vmsplice(buffers)`` calls this. All bytes go in: the call loops
+    over partial vmsplices and, when the pipe is full, waits for POLLOUT.
+    **Deadlock risk:** if nobody reads the pipe (or the reader is this same
+    thread, later), a call offering more than the pipe's free space waits
+    forever -- pass ``timeout``, size the pipe, or read from another thread.
+
+    The ticket is done once the pipe's reader has consumed past these bytes
+    (see :class:`PipeTicket`). Bytes written into the fd behind the Pipe
+    object's back only make the estimate late, never early. A closed Pipe
+    resolves its tickets (closing the last fd of a pipe drops its pages; if
+    you duplicated the pipe's fds, e.g. into a child process, keep the Pipe
+    open until those readers are done). A reader that *splices* the pages
+    onward (to a socket, a file) keeps referencing them after the ticket
+    resolved; for sockets use :class:`~zcio.ZeroCopySender`.
+
+    Nothing signals consumption, so ``wait()`` polls with a short back-off.
+    Pending vmsplice tickets are also checked by later calls of this
+    function, ``zcio.zerocopy.reap_graveyard`` and ``BufferPool.acquire``.
+
+    Args:
+        pipe: a :class:`Pipe` (its ``w`` end is written).
+        buffers: a sequence of C-contiguous bytes-like objects or
+            ``zcio.zerocopy.PoolBuffer`` objects (not a single one).
+        timeout: most seconds to wait for room in a full pipe without
+            progress; None: no limit.
+
+    Returns:
+        The ticket (done at once when ``buffers`` hold no bytes).
+
+    Raises:
+        TypeError: ``buffers`` is itself bytes-like, or holds a non-buffer.
+        ValueError: the pipe is closed.
+        TimeoutError: no room in the pipe within ``timeout``.
+        OSError: from vmsplice. After some bytes went in, the error is a
+            :class:`~zcio.TransferError` with ``.transferred`` and
+            ``.ticket`` (covering the bytes that went in).
+    """
+    if isinstance(buffers, (bytes, bytearray, memoryview, str)):
+        raise TypeError("buffers must be a sequence of bytes-like objects, not a single one")
+    if pipe.closed:
+        raise ValueError("vmsplice into a closed Pipe")
+    _tickets.poll_kept()
+    ticket = PipeTicket(_pin_all(buffers), pipe)
+    if ticket.nbytes == 0:
+        _tickets.run(ticket._finish(), ticket)
+        return ticket
+    start = pipe.written
+    try:
+        _vmsplice_all(pipe, ticket._pins, timeout)
+    except BaseException as exc:
+        moved = pipe.written - start
+        if moved == 0:
+            _tickets.run(ticket._finish(), ticket)
+            if isinstance(exc, TransferError):
+                raise OSError(exc.errno, exc.strerror) from None
+            raise
+        ticket.nbytes = moved
+        _hand_over(ticket, pipe)
+        if isinstance(exc, TransferError):
+            exc.ticket = ticket  # type: ignore[attr-defined]
+        elif isinstance(exc, OSError):
+            err = transfer_error(exc.errno or _errno.EIO, moved, b"", exc.strerror)
+            err.ticket = ticket  # type: ignore[attr-defined]
+            raise err from exc
+        raise
+    _hand_over(ticket, pipe)
+    return ticket
+
+
+def _hand_over(ticket: PipeTicket, pipe: Pipe) -> None:
+    """The ticket's bytes are in the pipe: keep it until the reader is past them."""
+    ticket._end = pipe.written
+    _tickets.keep(ticket)
+    _tickets.announce(ticket)
+
+
+def _vmsplice_all(pipe: Pipe, pins: List[Any], timeout: Optional[float]) -> None:
+    """vmsplice every pinned byte into the pipe, waiting for room; each byte
+    that goes in is counted in ``pipe.written`` at once."""
+    total = sum(len(p) for p in pins)
+    fd = pipe.w
+    iov = ffi.new("struct iovec[]", len(pins))
+    for i, p in enumerate(pins):
+        iov[i].iov_base = p
+        iov[i].iov_len = len(p)
+    idx = 0
+    moved = 0
+    while moved < total:
+        n = lib.zcio_vmsplice(fd, iov + idx, min(len(pins) - idx, _IOV_MAX), lib.SPLICE_F_NONBLOCK)
+        if n < 0:
+            err = -n
+            if err == _errno.EINTR:
+                continue
+            if err not in (_errno.EAGAIN, _errno.EWOULDBLOCK):
+                raise OSError(err, os.strerror(err))
+            revents = _poll_fd(fd, select.POLLOUT, timeout)
+            if revents == 0:
+                raise transfer_error(_errno.ETIMEDOUT, moved, b"", f"no room in the pipe within {timeout:g} seconds")
+            if revents & select.POLLNVAL:
+                raise OSError(_errno.EBADF, os.strerror(_errno.EBADF))
+            continue
+        moved += n
+        pipe.written += n
+        while n > 0:  # advance the iovec past what went in
+            entry = iov[idx]
+            if n >= entry.iov_len:
+                n -= entry.iov_len
+                idx += 1
+            else:
+                entry.iov_base = ffi.cast("char *", entry.iov_base) + n
+                entry.iov_len -= n
+                n = 0
 
 
 def _default_sizing() -> "tuple[int, int]":
