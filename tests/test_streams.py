@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import os
+import platform
 import signal
 import socket
 import struct
@@ -751,3 +752,76 @@ def test_tee_pipe_failing_destination_loses_nothing(tmp_path):
     finally:
         for s in (a, b, c):
             s.close()
+
+
+WATCHDOG = 10.0  # seconds: a hang guard, never a speed assertion
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = WATCHDOG) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+# poll/ppoll system call numbers, to see where a blocked transfer sleeps.
+_POLL_NR = {"x86_64": {7, 271}, "aarch64": {73}, "riscv64": {73}}
+
+
+def _sleeping_syscall(tid: int) -> Optional[int]:
+    """The system call thread ``tid`` sleeps in (None while it runs or waits on a lock)."""
+    try:
+        with open(f"/proc/self/task/{tid}/stat") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+        with open(f"/proc/self/task/{tid}/syscall") as f:
+            fields = f.read().split()
+    except OSError:
+        return None
+    if state != "S" or not fields or not fields[0].isdigit():
+        return None
+    nr = int(fields[0])
+    return None if nr == 202 and platform.machine() == "x86_64" else nr  # futex: the GIL
+
+
+@pytest.mark.skipif(platform.machine() not in _POLL_NR, reason="system call numbers known for this architecture only")
+@pytest.mark.parametrize("kind", ["pipe", "tcp"])
+def test_a_blocked_transfer_sleeps_in_poll_never_in_the_data_call(tmp_path, tcp_pair, kind):
+    """On the main thread, a transfer between blocking fds waits in poll() (at
+    most 50 ms at a time), never inside splice/sendfile/read: a signal that
+    arrives while the C loop runs between two system calls would otherwise
+    wait for the next byte (Ctrl-C held up for ever by an idle peer). The
+    fds are blocking again afterwards."""
+    if kind == "pipe":
+        r, w = os.pipe()
+        feed, src = (lambda data: os.write(w, data)), r
+        close_feed = lambda: os.close(w)  # noqa: E731
+        closers = [lambda: os.close(r)]
+    else:
+        a, b = tcp_pair()
+        b.setblocking(True)
+        feed, src = a.sendall, b
+        close_feed = a.close
+        closers = []
+    main = threading.get_native_id()
+    seen: List[Optional[int]] = []
+
+    def watch() -> None:  # records where the main thread sleeps, then ends the transfer
+        wait_until(lambda: _sleeping_syscall(main) is not None)
+        seen.append(_sleeping_syscall(main))
+        feed(b"late bytes")
+        close_feed()
+
+    watcher = threading.Thread(target=watch)
+    try:
+        with open(tmp_path / "out", "wb") as out:
+            watcher.start()
+            assert zcio.splice_pipe(src, out) == 10
+        assert seen and seen[0] in _POLL_NR[platform.machine()]
+        assert os.get_blocking(src if isinstance(src, int) else src.fileno())
+    finally:
+        watcher.join(WATCHDOG)
+        for c in closers:
+            c()
+    assert (tmp_path / "out").read_bytes() == b"late bytes"

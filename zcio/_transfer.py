@@ -73,6 +73,9 @@ FALLBACK_ERRNOS = frozenset(
 _NO_FDS = frozenset({errno.EMFILE, errno.ENFILE})
 
 KINDS = ("file", "pipe", "socket", "other")
+# Kinds whose waits can last forever and can be polled: the blocking driver
+# makes them non-blocking for a call, so every wait is a bounded poll().
+_WAITABLE = frozenset({"pipe", "socket"})
 
 
 def _kind(mode: int) -> str:
@@ -229,8 +232,11 @@ class Xfer:
 
     Args:
         src, dst, count, offset, pool: as for :func:`zcio.splice_pipe`.
-        nonblocking: switch blocking fds to non-blocking for the call (and
-            back in :meth:`close`); the blocking driver does so for a timeout.
+        nonblocking: which blocking fds to switch to non-blocking for the
+            call (and back in :meth:`close`): ``"streams"`` sockets and pipes,
+            whose waits the C loop then bounds by polling, so a signal is
+            never left waiting behind a system call; ``"all"`` every fd, for a
+            timeout; ``"none"`` none.
         loop: for an event loop: sockets and pipes must be non-blocking
             already (ValueError otherwise, before anything is touched).
         plan: a :class:`Plan` made for these two fds; probed when None.
@@ -250,7 +256,7 @@ class Xfer:
         offset: int | None,
         pool: PipePool | None,
         *,
-        nonblocking: bool = False,
+        nonblocking: str = "none",
         loop: bool = False,
         plan: Plan | None = None,
     ) -> None:
@@ -284,7 +290,7 @@ class Xfer:
         dst: FdLike,
         count: int | None,
         offset: int | None,
-        nonblocking: bool,
+        nonblocking: str,
         loop: bool,
         plan: Plan | None,
     ) -> None:
@@ -316,10 +322,12 @@ class Xfer:
             if _is_buffered(dst_obj) and dst_obj.seekable():
                 self.dst_obj = dst_obj
 
-        # 3. Blocking fds made non-blocking for a timeout; each recorded first
+        # 3. Blocking fds made non-blocking for the call; each recorded first
         #    (restoring "blocking" to an fd that was blocking is harmless).
-        if nonblocking:
-            for fd in dict.fromkeys((src_fd, dst_fd)):
+        if nonblocking != "none":
+            for fd, kind in ((src_fd, plan.src_kind), (dst_fd, plan.dst_kind)):
+                if fd in self.restore or (nonblocking == "streams" and kind not in _WAITABLE):
+                    continue
                 if os.get_blocking(fd):
                     self.restore.append(fd)
                     os.set_blocking(fd, False)

@@ -71,6 +71,10 @@ def splice_pipe(
         timeout: the most seconds the call may wait without progress. Blocking
             fds are switched to non-blocking for the duration of the call (and
             switched back) so that no single system call can outlast it.
+            Without a timeout, a call on the main thread (where Python runs
+            signal handlers) switches blocking sockets and pipes all the same,
+            so that every wait is a poll() of at most 50 ms and Ctrl-C is never
+            left waiting behind a system call for the next byte.
         progress: called with the running total after each slice, and last with
             the final total. An exception it raises propagates; the bytes taken
             from src by then are in the exception's ``pending`` attribute.
@@ -104,7 +108,11 @@ def splice_pipe(
     """
     if timeout is not None and timeout < 0:
         raise ValueError(f"timeout must be None or >= 0, got {timeout}")
-    t = Xfer(src, dst, count, offset, pool, nonblocking=timeout is not None, plan=plan)
+    if timeout is not None:
+        switch = "all"
+    else:  # only the main thread runs signal handlers: elsewhere a blocking wait is cheaper
+        switch = "streams" if threading.current_thread() is threading.main_thread() else "none"
+    t = Xfer(src, dst, count, offset, pool, nonblocking=switch, plan=plan)
     try:
         return _run(t, timeout, progress)
     finally:
