@@ -31,7 +31,7 @@ import resource
 import select
 import socket
 import sys
-from typing import Any, Dict, List, NamedTuple, NoReturn, Optional, Protocol, Sequence, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, NoReturn, Optional, Protocol, Sequence, Tuple, TypedDict, Union
 
 from ._binding import ffi, lib
 
@@ -47,6 +47,7 @@ __all__ = [
     "read_completions",
     "parse_completions",
     "features",
+    "Features",
     "SPLICE_F_MOVE",
     "SPLICE_F_NONBLOCK",
     "SPLICE_F_MORE",
@@ -537,8 +538,28 @@ def _default_pipe_size() -> Optional[int]:
         os.close(w)
 
 
+class Features(TypedDict):
+    """What :func:`features` reports (see there for each key)."""
+
+    kernel: str
+    sendfile: bool
+    splice: bool
+    tee: bool
+    vmsplice: bool
+    copy_file_range: bool
+    so_zerocopy_tcp: bool
+    so_zerocopy_udp: bool
+    pipe_default_size: Optional[int]
+    pipe_max_size: Optional[int]
+    pipe_user_pages_soft: Optional[int]
+    pipe_user_pages_hard: Optional[int]
+    optmem_max: Optional[int]
+    rlimit_memlock: Tuple[Optional[int], Optional[int]]
+    io_uring: bool
+
+
 @functools.lru_cache(maxsize=None)
-def _features() -> Dict[str, Any]:
+def _features() -> Features:
     soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     io_uring_disabled = _read_int("/proc/sys/kernel/io_uring_disabled")
     return {
@@ -560,7 +581,7 @@ def _features() -> Dict[str, Any]:
     }
 
 
-def features() -> Dict[str, Any]:
+def features() -> Features:
     """What this kernel and process can do, probed once and cached.
 
     Keys: ``kernel`` (release string); ``sendfile``, ``splice``, ``tee``,
@@ -576,4 +597,4 @@ def features() -> Dict[str, Any]:
     Returns:
         A new dict each call (the cached probe is not exposed to mutation).
     """
-    return dict(_features())
+    return Features(**_features())
