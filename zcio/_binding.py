@@ -18,7 +18,8 @@ if not sys.platform.startswith("linux"):
     )
 
 try:
-    from ._zcio import ffi as _ffi, lib as _lib  # type: ignore[import-not-found]
+    from ._zcio import ffi as _ffi  # type: ignore[import-not-found]
+    from ._zcio import lib as _lib
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(
         "zcio's C extension (zcio._zcio) is not built. Install zcio with "

@@ -384,10 +384,7 @@ class Xfer:
         return self.prefix + int(self.x.transferred)
 
     def _next_method(self) -> bool:
-        for method in self._methods:
-            if self._use(method):
-                return True
-        return False
+        return any(self._use(method) for method in self._methods)
 
     def _use(self, method: int) -> bool:
         """Switch to ``method``; False when it cannot be used (no pipe free)."""

@@ -31,7 +31,7 @@ import resource
 import select
 import socket
 import sys
-from typing import Any, Dict, List, NamedTuple, NoReturn, Optional, Protocol, Sequence, Tuple, TypedDict, Union
+from typing import Any, List, NamedTuple, NoReturn, Optional, Protocol, Sequence, Tuple, TypedDict, Union
 
 from ._binding import ffi, lib
 
@@ -558,7 +558,7 @@ class Features(TypedDict):
     io_uring: bool
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _features() -> Features:
     soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     io_uring_disabled = _read_int("/proc/sys/kernel/io_uring_disabled")

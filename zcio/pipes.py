@@ -17,13 +17,16 @@ import threading
 import time
 import warnings
 import weakref
-from typing import Any, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence
 
 from . import _stats, _tickets
 from ._binding import ffi, lib
 from ._errors import TransferError, transfer_error
 from ._tickets import Lent, Ticket, remaining
 from .lowlevel import _poll_fd, features
+
+if TYPE_CHECKING:  # pragma: no cover
+    from typing_extensions import Self
 
 __all__ = ["Pipe", "PipePool", "PipeTicket", "default_pool", "pipe_vmsplice"]
 
@@ -136,7 +139,7 @@ class Pipe:
             if fd >= 0:
                 _close(fd)
 
-    def __enter__(self) -> "Pipe":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -484,7 +487,7 @@ class PipePool:
     def free(self) -> int:
         return len(self._free)
 
-    def __enter__(self) -> "PipePool":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

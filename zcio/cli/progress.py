@@ -63,7 +63,7 @@ class ProgressBar:
             return f"{human_size(done)}  {speed}"[: width - 1]
         frac = min(1.0, done / self.total)
         text = f" {frac * 100:5.1f}%  {human_size(done)} / {human_size(self.total)}  {speed}"
-        if 0 < rate and done < self.total:
+        if rate > 0 and done < self.total:
             eta = f"  {_duration((self.total - done) / rate)} left"
             if len(text) + len(eta) + 12 < width:
                 text += eta
