@@ -77,6 +77,12 @@ int zcio_parse_cmsgs(const unsigned char *control, size_t len,
  * -errno (ENOSYS: absent; EPERM: filtered; anything else: present). */
 int zcio_probe_syscall(const char *name);
 
+/* openat2(2) with RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS: open path (relative
+ * to dirfd) only if every step of its resolution, symlinks included, stays
+ * beneath dirfd; escaping gives -EXDEV. flags are open(2)'s. Returns the fd,
+ * or -errno (-ENOSYS where the kernel or the headers lack openat2). */
+int zcio_open_beneath(int dirfd, const char *path, int flags);
+
 /* ------------------------------------------------------------------------
  * The transfer loop behind splice_pipe. One zcio_pump call moves bytes from
  * src to dst by one method until the transfer is done, an error occurs, or a

@@ -11,10 +11,11 @@ import stat
 import sys
 from typing import Any, Dict, List, Optional
 
-from . import __version__, bench, lowlevel, serve
+from . import __version__, bench, lowlevel
 from ._errors import TransferError
 from ._progress import ProgressBar
 from .aio import new_event_loop
+from .cli import serve as serve_cli
 from .streams import splice_pipe
 
 
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--progress", dest="progress", action="store_true", default=None, help="show a progress bar (default: when stderr is a terminal)")
     c.add_argument("--no-progress", dest="progress", action="store_false")
     s = sub.add_parser("serve", help="serve DIR over HTTP/1.1 (GET/HEAD, Range, keep-alive) with sendfile")
-    serve.add_arguments(s)
+    serve_cli.add_arguments(s)
     x = sub.add_parser("proxy", help="relay TCP connections from LISTEN to TARGET with splice")
     x.add_argument("listen", metavar="LISTEN", help="host:port or port (127.0.0.1) to accept on")
     x.add_argument("target", metavar="TARGET", help="host:port or port (127.0.0.1) to connect to")
@@ -191,7 +192,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 1
     if args.command == "serve":
         raise_fd_limit(2 * args.max_connections + 64)  # a socket and a file a client
-        return serve.main(args)
+        return serve_cli.run(args)
     if args.command == "proxy":
         try:
             return proxy(args)
