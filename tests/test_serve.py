@@ -407,10 +407,10 @@ def test_unreadable_file_is_403(start, root, monkeypatch):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
         return real_open(path, flags, *args, **kwargs)
 
-    def deny_beneath(dirfd, path):
+    def deny_beneath(dirfd, path, flags):
         if path.endswith(b"locked"):
             return -errno.EACCES
-        return real_beneath(dirfd, path)
+        return real_beneath(dirfd, path, flags)
 
     real_beneath = resources._open_beneath
     monkeypatch.setattr(os, "open", deny)

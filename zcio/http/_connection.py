@@ -25,15 +25,15 @@ import time
 from typing import TYPE_CHECKING
 
 from .. import aio, lowlevel
-from ._answers import CONTINUE, Reply
+from ._answers import CONTINUE
 from ._protocol import (
     HttpError,
+    Plan,
     Request,
     body_length,
     first_line,
     keep_alive,
-    parse_head,
-    take_head,
+    next_request,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -79,6 +79,7 @@ class Connection:
         "fd",
         "line",
         "lingering",
+        "logging",
         "loop",
         "peer",
         "pending",
@@ -118,6 +119,7 @@ class Connection:
         self.status = 0
         self.sent = 0  # body bytes of the current reply
         self.t0 = 0.0
+        self.logging = server.access_log and access_log.isEnabledFor(logging.INFO)
 
     # ------------------------------------------------------------ reading
 
@@ -182,41 +184,49 @@ class Connection:
                     return
                 continue
             try:
-                head, self.buf = take_head(self.buf, server.limits)
+                req, rest = next_request(self.buf, server.limits)
             except HttpError as err:
                 self._begin(first_line(self.buf))
                 self.buf = b""
                 self._send(self.site.error(err, None, False))
                 return
-            if head is None:
-                if self.buf and not self.started:
+            self.buf = rest
+            if req is None:
+                if rest and not self.started:
                     self.started = True
                     self.deadline = self.loop.time() + server.header_timeout
                 return
-            self._begin(b"")
-            try:
-                req = parse_head(head, server.limits)
-                self.line = req.line
+            self.requests += 1
+            self.line, self.status, self.sent = req.line, 0, 0
+            if self.logging:
+                self.t0 = time.perf_counter()
+            if req.plain:  # the usual request: no body, nothing conditional
+                keep = req.minor == 1 and not server.closing
+            else:
                 keep = keep_alive(req) and not server.closing
-                n = body_length(req, server.max_body)
-            except HttpError as err:
-                self.line = first_line(head)
-                self._send(self.site.error(err, None, False))
-                return
-            if n:
-                self.body_left, self.pending = n, req
-                expects = "expect" in req.headers and not self.buf and req.minor >= 1
-                if expects and not self._send(CONTINUE):
+                try:
+                    n = body_length(req, server.max_body)
+                except HttpError as err:
+                    self._send(self.site.error(err, req, False))
                     return
-                continue
-            if not self._answer(req, keep):
+                if n:
+                    self.body_left, self.pending = n, req
+                    expects = "expect" in req.headers and not self.buf and req.minor >= 1
+                    if expects and not self._send(CONTINUE):
+                        return
+                    continue
+            try:
+                plan = self.site.answer(req, keep)
+            except HttpError as err:
+                plan = self.site.error(err, req, keep)
+            if not self._send(plan):
                 return
         if self.buf:  # more pipelined requests: let the other connections have a turn
             self._unread()
             self.loop.call_soon(self._resume)
 
     def _begin(self, line: bytes) -> None:
-        """A request starts: ``line`` is its request line (for the logs)."""
+        """A request starts (not the usual way): ``line`` is its request line."""
         self.t0 = time.perf_counter()
         self.requests += 1
         self.line, self.status, self.sent = line, 0, 0
@@ -231,9 +241,8 @@ class Connection:
             return False
         return True
 
-    def _answer(self, req: Request, keep: bool | None = None) -> bool:
-        if keep is None:
-            keep = keep_alive(req) and not self.server.closing
+    def _answer(self, req: Request) -> bool:
+        keep = keep_alive(req) and not self.server.closing
         try:
             reply = self.site.answer(req, keep)
         except HttpError as err:
@@ -259,7 +268,7 @@ class Connection:
 
     # ------------------------------------------------------------ sending
 
-    def _send(self, reply: Reply) -> bool:
+    def _send(self, reply: Plan) -> bool:
         """Send ``reply`` now if the socket takes it, else in a task.
 
         Returns:
@@ -267,7 +276,7 @@ class Connection:
         """
         if reply.log:
             self.status = reply.status
-        fd, offset, count = reply.fd, reply.offset, reply.count
+        fd, offset, count = reply.fd, reply.offset, reply.length
         try:
             cork = count > _CORK_ABOVE
             if cork:
@@ -303,7 +312,7 @@ class Connection:
                 os.close(fd)
         return self._done(reply)
 
-    async def _finish(self, reply: Reply, rest: bytes, offset: int, count: int, cork: bool) -> None:
+    async def _finish(self, reply: Plan, rest: bytes, offset: int, count: int, cork: bool) -> None:
         """The part of ``reply`` the socket did not take at once."""
         loop = self.loop
         try:
@@ -354,9 +363,9 @@ class Connection:
             if time_() - started < send_timeout / 16:
                 piece = min(piece * 2, _MAX_SLICE)
 
-    def _done(self, reply: Reply) -> bool:
+    def _done(self, reply: Plan) -> bool:
         """A reply went out entirely; whether the next request may follow."""
-        if reply.log:
+        if reply.log and self.logging:
             self._log_access()
         if not reply.keep:
             if reply.linger and not self.server.closing:
@@ -423,7 +432,7 @@ class Connection:
         self.server.forget(self)
 
     def _log_access(self) -> None:
-        if not self.server.access_log or not access_log.isEnabledFor(logging.INFO):
+        if not self.logging:
             return
         access_log.info(
             '%s - - [%s] "%s" %d %d %.6f',

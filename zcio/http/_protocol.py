@@ -63,6 +63,11 @@ _LINE_START = re.compile(
     + rb"+(?: [\x21-\x7e]*(?: (?:H(?:T(?:T(?:P(?:/(?:[0-9](?:\.(?:[0-9]\r?)?)?)?)?)?)?)?)?)?)?)?\Z"
 )
 _BLANK_LINE = re.compile(rb"\n\r?\n")
+# What the fast path allows (see next_request): in a head, in a target
+# (VCHAR but "#"), in a field name (tchar).
+_HEAD_BYTES = bytes([9, 10, 13, *range(0x20, 0x7F), *range(0x80, 0x100)])
+_TARGET_BYTES = bytes(c for c in range(0x21, 0x7F) if c != 0x23)
+_TCHAR_BYTES = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _DIGITS = re.compile(r"[0-9]+\Z")
 _RANGE = re.compile(r"([0-9]*)-([0-9]*)\Z")
@@ -73,6 +78,8 @@ UNSATISFIABLE = (-1, -1)
 _CONDITIONAL = frozenset(
     ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since", "range", "if-range")
 )
+# Fields that make a request not plain (see Request.plain).
+_SPECIAL = _CONDITIONAL | {"connection", "content-length", "transfer-encoding", "expect"}
 
 
 class HttpError(Exception):
@@ -108,19 +115,93 @@ class Request:
         minor: the HTTP/1.x minor version.
         headers: field names in lower case; repeated fields joined with ``", "``.
         line: the request line as received (for the access log).
+        path: the target's path when the fast path found it plain, else None.
+        plain: set by the fast path when no field bears on the answer
+            (Connection, a body, a precondition or a range).
     """
 
-    __slots__ = ("headers", "line", "method", "minor", "target")
+    __slots__ = ("headers", "line", "method", "minor", "path", "plain", "target")
 
-    def __init__(self, method: str, target: bytes, minor: int, headers: dict[str, str], line: bytes) -> None:
+    def __init__(self, method: str, target: bytes, minor: int, headers: dict[str, str], line: bytes,
+                 path: bytes | None = None, plain: bool = False) -> None:
         self.method = method
         self.target = target
         self.minor = minor
         self.headers = headers
         self.line = line
+        self.path = path  # the target's path when it needs no decoding (see next_request)
+        self.plain = plain  # no field that changes the answer: no body, no condition, no Connection
 
 
 # ------------------------------------------------------------------ framing
+
+
+def next_request(buf: bytes, limits: Limits) -> tuple[Request | None, bytes]:
+    """The next request in ``buf``: :func:`take_head` and :func:`parse_head`
+    in one step, with a fast path for the usual shape.
+
+    The fast path takes a head whose lines all end in CRLF, whose method is
+    GET or HEAD, whose version is HTTP/1.0 or 1.1, whose target is a plain
+    path (no ``%``, no segment starting with ``.``) with an optional query,
+    and whose fields are not repeated; it checks them with bytes methods
+    rather than regular expressions. It accepts a subset of what the general
+    parser accepts and reads it the same way (the tests hold it to that);
+    anything else, and anything near a limit, takes the general path.
+
+    Returns:
+        ``(request, rest)``: the request (None while its head is not
+        complete) and the bytes after its head.
+
+    Raises:
+        HttpError: as :func:`take_head` and :func:`parse_head`.
+    """
+    end = buf.find(b"\r\n\r\n")
+    if 0 < end <= limits.max_header_bytes:
+        req = _fast_head(buf[:end], limits)
+        if req is not None:
+            return req, buf[end + 4 :]
+    head, rest = take_head(buf, limits)
+    if head is None:
+        return None, rest
+    return parse_head(head, limits), rest
+
+
+def _fast_head(head: bytes, limits: Limits) -> Request | None:
+    """The usual head (see next_request), or None to take the general path."""
+    if head.translate(None, _HEAD_BYTES):
+        return None  # a control or NUL somewhere
+    lines = head.split(b"\r\n")
+    if head.count(b"\n") != len(lines) - 1 or head.count(b"\r") != len(lines) - 1 or len(lines) > limits.max_headers:
+        return None  # a bare LF or CR
+    line = lines[0]
+    parts = line.split(b" ")
+    if len(parts) != 3:
+        return None
+    method, target, version = parts
+    if version == b"HTTP/1.1":
+        minor = 1
+    elif version == b"HTTP/1.0":
+        minor = 0
+    else:
+        return None
+    path = target.partition(b"?")[0]
+    if (method != b"GET" and method != b"HEAD") or path[:1] != b"/" or len(target) > limits.max_uri:
+        return None
+    if target.translate(None, _TARGET_BYTES) or path.find(b"/.") >= 0 or path.find(b"%") >= 0:
+        return None
+    headers: dict[str, str] = {}
+    for field in lines[1:]:
+        name, colon, value = field.partition(b":")
+        if not name or name.translate(None, _TCHAR_BYTES) or not colon:
+            return None
+        key = name.decode("ascii").lower()
+        if key in headers:
+            return None
+        headers[key] = value.strip(b" \t").decode("latin-1")
+    if minor and "host" not in headers:
+        return None
+    return Request("GET" if method == b"GET" else "HEAD", target, minor, headers, line, path,
+                   headers.keys().isdisjoint(_SPECIAL))
 
 
 def take_head(buf: bytes, limits: Limits) -> tuple[bytes | None, bytes]:
@@ -400,10 +481,12 @@ class Representation:
         last_modified: the Last-Modified value (never later than ``now``).
         fields: the file's header lines, each with CRLF: Content-Type,
             Last-Modified, ETag, Accept-Ranges.
+        tail: Content-Length, ``fields`` and the blank line: how the head
+            of a 200 ends.
         key: the stat facts the rest was built from.
     """
 
-    __slots__ = ("etag", "fields", "full", "key", "last_modified", "mtime", "size", "strong")
+    __slots__ = ("etag", "fields", "key", "last_modified", "mtime", "size", "strong", "tail")
 
     def __init__(self, key: tuple[int, int, int, int], size: int, mtime: int, etag: str, strong: bool,
                  last_modified: str, ctype: str) -> None:
@@ -416,7 +499,7 @@ class Representation:
         self.fields = (
             f"Content-Type: {ctype}\r\nLast-Modified: {last_modified}\r\nETag: {etag}\r\nAccept-Ranges: bytes\r\n"
         ).encode("latin-1")
-        self.full = b"Content-Length: %d\r\n" % size + self.fields  # what a 200 adds
+        self.tail = b"Content-Length: %d\r\n" % size + self.fields + b"\r\n"  # how a 200's head ends
 
 
 def describe(ino: int, size: int, mtime_ns: int, ctime_ns: int, ctype: str, now: float) -> Representation:
@@ -436,20 +519,35 @@ def describe(ino: int, size: int, mtime_ns: int, ctime_ns: int, ctype: str, now:
                           strong, http_date(shown), ctype)
 
 
-class Plan(NamedTuple):
-    """A decided answer for a file.
+class Plan:
+    """A decided answer: ``head`` (for an answer built in memory, the body
+    too), then ``length`` bytes of the file from ``offset``.
 
     Attributes:
-        status: 200, 206, 304, 412 or 416.
-        head: the whole head, blank line included (for 412/416 the body too).
-        offset, length: the bytes of the file that follow the head
-            (length 0: none, as for HEAD).
+        status: the status code (for the access log).
+        head: the bytes to send first.
+        keep: the connection goes on afterwards.
+        offset, length: the file's bytes that follow (length 0: none).
+        linger: after it the connection is closed by a half-close and a
+            short drain (after an error, so that the client reads the
+            answer, not a reset).
+        log: it gets an access-log line (a 100 Continue does not).
+        fd: the open file, set by whoever opened it (-1: none); the sender
+            closes it.
     """
 
-    status: int
-    head: bytes
-    offset: int
-    length: int
+    __slots__ = ("fd", "head", "keep", "length", "linger", "log", "offset", "status")
+
+    def __init__(self, status: int, head: bytes, keep: bool, offset: int = 0, length: int = 0,
+                 linger: bool = False, log: bool = True) -> None:
+        self.status = status
+        self.head = head
+        self.keep = keep
+        self.offset = offset
+        self.length = length
+        self.linger = linger
+        self.log = log
+        self.fd = -1
 
 
 def status_prefix(status: int, date: str) -> bytes:
@@ -483,32 +581,34 @@ def plan_file(req: Request, rep: Representation, keep: bool, prefix200: bytes, d
         prefix200: ``status_prefix(200, date)`` (cached by the caller).
         date: the Date value.
     """
+    if req.plain:
+        conn = b"" if keep and req.minor else connection_field(keep, req.minor)
+        return Plan(200, prefix200 + conn + rep.tail, keep, 0, 0 if req.method == "HEAD" else rep.size)
     h = req.headers
     conn = connection_field(keep, req.minor)
-    if not (h.keys() & _CONDITIONAL):
-        return Plan(200, prefix200 + conn + rep.full + b"\r\n", 0, 0 if req.method == "HEAD" else rep.size)
-    status = _preconditions(h, rep)
+    head_only = req.method == "HEAD"
+    status = _preconditions(h, rep) if not h.keys().isdisjoint(_CONDITIONAL) else 0
     if status == 304:
         head = status_prefix(304, date) + f"ETag: {rep.etag}\r\nLast-Modified: {rep.last_modified}\r\n".encode(
             "latin-1") + conn + b"\r\n"
-        return Plan(304, head, 0, 0)
+        return Plan(304, head, keep)
     if status == 412:
-        return Plan(412, plan_reply(412, req.method == "HEAD", req.minor, keep, date), 0, 0)
-    size, offset, count = rep.size, 0, rep.size
+        return Plan(412, plan_reply(412, head_only, req.minor, keep, date), keep)
     spec = h.get("range")
     if spec is not None and _if_range(h.get("if-range"), rep):
+        size = rep.size
         r = parse_range(spec, size)
         if r is UNSATISFIABLE:
-            return Plan(416, plan_reply(416, req.method == "HEAD", req.minor, keep, date,
-                                        f"Content-Range: bytes */{size}\r\n"), 0, 0)
+            return Plan(416, plan_reply(416, head_only, req.minor, keep, date, f"Content-Range: bytes */{size}\r\n"),
+                        keep)
         if r is not None:
             offset, last = r
             count = last - offset + 1
             head = (status_prefix(206, date) + conn
                     + f"Content-Length: {count}\r\nContent-Range: bytes {offset}-{last}/{size}\r\n".encode("ascii")
                     + rep.fields + b"\r\n")
-            return Plan(206, head, offset, 0 if req.method == "HEAD" else count)
-    return Plan(200, prefix200 + conn + rep.full + b"\r\n", 0, 0 if req.method == "HEAD" else size)
+            return Plan(206, head, keep, offset, 0 if head_only else count)
+    return Plan(200, prefix200 + conn + rep.tail, keep, 0, 0 if head_only else rep.size)
 
 
 def _preconditions(h: dict[str, str], rep: Representation) -> int:

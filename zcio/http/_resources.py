@@ -56,12 +56,7 @@ def display(name: bytes) -> str:
     return name.decode("utf-8", "replace")
 
 
-def _open_beneath(dirfd: int, path: bytes) -> int:
-    """openat2 beneath ``dirfd``: the fd, or -errno (EINTR retried)."""
-    while True:
-        fd: int = lib.zcio_open_beneath(dirfd, path, _OPEN_FLAGS)
-        if fd != -errno.EINTR:
-            return fd
+_open_beneath = lib.zcio_open_beneath  # (dirfd, path, flags) -> fd or -errno
 
 
 class Root:
@@ -91,7 +86,7 @@ class Root:
         """Take the root's fd and find out whether openat2 works here."""
         mimetypes.init()  # reads the system's tables now rather than on a first request
         self.fd = os.open(self.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        fd = _open_beneath(self.fd, b".")
+        fd = _open_beneath(self.fd, b".", _OPEN_FLAGS)
         self.beneath = fd >= 0
         if fd >= 0:
             os.close(fd)
@@ -113,7 +108,9 @@ class Root:
             HttpError: 404, 403, 503 or 500 (see :func:`open_error`).
         """
         if self.beneath:
-            fd = _open_beneath(self.fd, rel or b".")
+            fd: int = _open_beneath(self.fd, rel or b".", _OPEN_FLAGS)
+            while fd == -errno.EINTR:
+                fd = _open_beneath(self.fd, rel or b".", _OPEN_FLAGS)
             if fd < 0:
                 if fd not in (-errno.EXDEV, -errno.ELOOP):
                     raise open_error(-fd)
