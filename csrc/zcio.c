@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -306,6 +307,25 @@ int zcio_open_beneath(int dirfd, const char *path, int flags)
     (void)flags;
     return -ENOSYS;
 #endif
+}
+
+int zcio_open_stat(int dirfd, const char *path, int flags, int64_t info[5])
+{
+    struct stat st;
+    int fd = zcio_open_beneath(dirfd, path, flags);
+    if (fd < 0)
+        return fd;
+    if (fstat(fd, &st) < 0) {
+        int err = errno;
+        close(fd);
+        return -err;
+    }
+    info[0] = (int64_t)st.st_mode;
+    info[1] = (int64_t)st.st_ino;
+    info[2] = (int64_t)st.st_size;
+    info[3] = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+    info[4] = (int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec;
+    return fd;
 }
 
 /* ------------------------------------------------------------------------

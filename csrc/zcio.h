@@ -83,6 +83,11 @@ int zcio_probe_syscall(const char *name);
  * or -errno (-ENOSYS where the kernel or the headers lack openat2). */
 int zcio_open_beneath(int dirfd, const char *path, int flags);
 
+/* zcio_open_beneath, then fstat of what it opened, in one call: info gets
+ * st_mode, st_ino, st_size, st_mtime (ns) and st_ctime (ns). Returns the fd,
+ * or -errno (from the open, or from fstat after closing the fd). */
+int zcio_open_stat(int dirfd, const char *path, int flags, int64_t info[5]);
+
 /* ------------------------------------------------------------------------
  * The transfer loop behind splice_pipe. One zcio_pump call moves bytes from
  * src to dst by one method until the transfer is done, an error occurs, or a

@@ -412,9 +412,15 @@ def test_unreadable_file_is_403(start, root, monkeypatch):
             return -errno.EACCES
         return real_beneath(dirfd, path, flags)
 
-    real_beneath = resources._open_beneath
+    def deny_stat(dirfd, path, flags, info):
+        if path.endswith(b"locked"):
+            return -errno.EACCES
+        return real_stat(dirfd, path, flags, info)
+
+    real_beneath, real_stat = resources._open_beneath, resources._open_stat
     monkeypatch.setattr(os, "open", deny)
     monkeypatch.setattr(resources, "_open_beneath", deny_beneath)
+    monkeypatch.setattr(resources, "_open_stat", deny_stat)
     s = start()
     conn = s.http()
     try:

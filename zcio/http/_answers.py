@@ -40,9 +40,17 @@ _MAX_CACHED = 4096
 CONTINUE = Plan(100, b"HTTP/1.1 100 Continue\r\n\r\n", True, log=False)
 
 
+_S_IFMT, _S_IFREG = 0o170000, stat.S_IFREG
+
+
 class Clock:
     """Wall-clock strings, computed once a second: the HTTP Date, the 200
-    status line with it, and the access log's date."""
+    status line with it, and the access log's date.
+
+    The server calls :meth:`tick` from a timer just after each second
+    begins, so that answers read the strings without looking at the time;
+    the slower paths call it too.
+    """
 
     __slots__ = ("date", "log_date", "prefix200", "second")
 
@@ -86,23 +94,23 @@ class Site:
         Raises:
             HttpError: 405, 400, 403, 404, 301, 503, 500 (see :meth:`error`).
         """
-        if req.method not in ("GET", "HEAD"):
-            raise HttpError(405, f"Allow: {ALLOW}\r\n")
         path = req.path
-        if path is None:
+        if path is not None:  # next_request's fast path: GET or HEAD of a plain path
+            rel = path.strip(b"/")
+            if rel.find(b"//") >= 0:
+                rel = b"/".join(seg for seg in rel.split(b"/") if seg)
+        else:
+            if req.method not in ("GET", "HEAD"):
+                raise HttpError(405, f"Allow: {ALLOW}\r\n")
             segments, path, _ = split_target(req.target)
             rel = b"/".join(segments)
-        else:  # a plain path (next_request's fast path): only empty segments to drop
-            rel = path.strip(b"/")
-            if b"//" in rel:
-                rel = b"/".join(seg for seg in rel.split(b"/") if seg)
-        fd, st = self.root.lookup(rel)
+        fd, info = self.root.lookup(rel)
         try:
-            if stat.S_ISREG(st.st_mode):
-                if path.endswith(b"/"):
-                    raise HttpError(404)  # a file is not a directory (as open("file/") says)
-                return self._file(req, keep, fd, st, rel)
-            if not stat.S_ISDIR(st.st_mode):
+            if info[0] & _S_IFMT == _S_IFREG:
+                if path[-1] == 47:  # "/": a file is not a directory (as open("file/") says)
+                    raise HttpError(404)
+                return self._file(req, keep, fd, info, rel)
+            if not stat.S_ISDIR(info[0]):
                 raise HttpError(403)
             segments = rel.split(b"/") if rel else []
             if not path.endswith(b"/"):
@@ -115,25 +123,25 @@ class Site:
             if index is None:
                 return self._listing(req, keep, fd, segments)
             os.close(fd)
-            fd, st = index
-            return self._file(req, keep, fd, st, rel + b"/index.html" if rel else b"index.html")
+            fd, info = index
+            return self._file(req, keep, fd, info, rel + b"/index.html" if rel else b"index.html")
         except BaseException:
             if fd >= 0:
                 os.close(fd)
             raise
 
-    def _file(self, req: Request, keep: bool, fd: int, st: os.stat_result, rel: bytes) -> Plan:
-        """Takes ``fd``: it is in the reply, or closed."""
-        now = self.clock.tick()
+    def _file(self, req: Request, keep: bool, fd: int, info: list[int], rel: bytes) -> Plan:
+        """Takes ``fd``: it is in the plan, or closed."""
         rep = self._reps.get(rel)
-        if rep is None or rep.key != (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) or not rep.strong:
+        if rep is None or rep.key != info or not rep.strong:
             ctype = self.root.content_type(rel.rpartition(b"/")[2])
-            rep = describe(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, ctype, now)
+            rep = describe(info, ctype, time.time())
             if rep.strong:
                 if len(self._reps) >= _MAX_CACHED:
                     self._reps.clear()
                 self._reps[rel] = rep
-        plan = plan_file(req, rep, keep, self.clock.prefix200, self.clock.date)
+        clock = self.clock
+        plan = plan_file(req, rep, keep, clock.prefix200, clock.date)
         if plan.length:
             plan.fd = fd
         else:

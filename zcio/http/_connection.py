@@ -24,7 +24,8 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
-from .. import aio, lowlevel
+from .. import aio
+from ..lowlevel import sendfile
 from ._answers import CONTINUE
 from ._protocol import (
     HttpError,
@@ -77,6 +78,7 @@ class Connection:
         "deadline",
         "drained",
         "fd",
+        "idle_timeout",
         "line",
         "lingering",
         "logging",
@@ -84,7 +86,6 @@ class Connection:
         "peer",
         "pending",
         "reading",
-        "requests",
         "sent",
         "server",
         "site",
@@ -106,7 +107,7 @@ class Connection:
         self.buf = b""
         self.deadline = self.loop.time() + server.header_timeout
         self.timed_out = False
-        self.requests = 0
+        self.idle_timeout = server.idle_timeout
         self.reading = False
         self.closed = False
         self.started = False  # the head being received has begun (its deadline is set)
@@ -174,6 +175,7 @@ class Connection:
     def _advance(self) -> None:
         """Answer what the buffer holds, in order, while replies go at once."""
         server = self.server
+        site = self.site
         for _ in range(_BURST):
             if self.body_left:
                 if not self._drop_body():
@@ -183,12 +185,14 @@ class Connection:
                 if not self._answer(req):
                     return
                 continue
+            if not self.buf:
+                return
             try:
                 req, rest = next_request(self.buf, server.limits)
             except HttpError as err:
                 self._begin(first_line(self.buf))
                 self.buf = b""
-                self._send(self.site.error(err, None, False))
+                self._send(site.error(err, None, False))
                 return
             self.buf = rest
             if req is None:
@@ -196,8 +200,7 @@ class Connection:
                     self.started = True
                     self.deadline = self.loop.time() + server.header_timeout
                 return
-            self.requests += 1
-            self.line, self.status, self.sent = req.line, 0, 0
+            self.line = req.line
             if self.logging:
                 self.t0 = time.perf_counter()
             if req.plain:  # the usual request: no body, nothing conditional
@@ -207,7 +210,7 @@ class Connection:
                 try:
                     n = body_length(req, server.max_body)
                 except HttpError as err:
-                    self._send(self.site.error(err, req, False))
+                    self._send(site.error(err, req, False))
                     return
                 if n:
                     self.body_left, self.pending = n, req
@@ -216,9 +219,9 @@ class Connection:
                         return
                     continue
             try:
-                plan = self.site.answer(req, keep)
+                plan = site.answer(req, keep)
             except HttpError as err:
-                plan = self.site.error(err, req, keep)
+                plan = site.error(err, req, keep)
             if not self._send(plan):
                 return
         if self.buf:  # more pipelined requests: let the other connections have a turn
@@ -228,8 +231,7 @@ class Connection:
     def _begin(self, line: bytes) -> None:
         """A request starts (not the usual way): ``line`` is its request line."""
         self.t0 = time.perf_counter()
-        self.requests += 1
-        self.line, self.status, self.sent = line, 0, 0
+        self.line = line
 
     def _drop_body(self) -> bool:
         """Drop body bytes from the buffer; whether the body is complete."""
@@ -268,49 +270,52 @@ class Connection:
 
     # ------------------------------------------------------------ sending
 
-    def _send(self, reply: Plan) -> bool:
-        """Send ``reply`` now if the socket takes it, else in a task.
+    def _send(self, plan: Plan) -> bool:
+        """Send ``plan`` now if the socket takes it, else in a task.
 
         Returns:
             Whether the connection may go on with the next request now.
         """
-        if reply.log:
-            self.status = reply.status
-        fd, offset, count = reply.fd, reply.offset, reply.length
+        head, fd, offset, count = plan.head, plan.fd, plan.offset, plan.length
+        if plan.log:
+            self.status, self.sent = plan.status, 0
+        cork = count > _CORK_ABOVE
         try:
-            cork = count > _CORK_ABOVE
             if cork:
                 self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
-            head = reply.head
             try:
                 n = self.sock.send(head, _MORE if count else 0)
             except BlockingIOError:
                 n = 0
-            if n == len(head) and count:
+            if count and n == len(head):
                 try:
-                    m = lowlevel.sendfile(self.fd, fd, offset, min(count, _FIRST_SLICE))
+                    m = sendfile(self.fd, fd, offset, min(_FIRST_SLICE, count))
                 except BlockingIOError:
                     m = -1
+                if m == count:  # the usual small file: all gone at once
+                    os.close(fd)
+                    self.sent = m
+                    return self._done(plan)
                 if m == 0:
                     raise _Truncated()
                 if m > 0:
-                    self.sent += m
+                    self.sent = m
                     offset += m
                     count -= m
             if n < len(head) or count:
                 self._unread()
-                self.task = self.loop.create_task(self._finish(reply, head[n:], offset, count, cork))
-                fd = -1  # the task closes it
+                self.task = self.loop.create_task(self._finish(plan, head[n:], offset, count, cork))
                 return False
-            if cork:
+            if cork:  # pragma: no cover - a corked body is larger than what goes at once
                 self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
         except (_Truncated, OSError) as exc:
-            self._failed(exc)
-            return False
-        finally:
             if fd >= 0:
                 os.close(fd)
-        return self._done(reply)
+            self._failed(exc)
+            return False
+        if fd >= 0:
+            os.close(fd)
+        return self._done(plan)
 
     async def _finish(self, reply: Plan, rest: bytes, offset: int, count: int, cork: bool) -> None:
         """The part of ``reply`` the socket did not take at once."""
@@ -363,20 +368,23 @@ class Connection:
             if time_() - started < send_timeout / 16:
                 piece = min(piece * 2, _MAX_SLICE)
 
-    def _done(self, reply: Plan) -> bool:
-        """A reply went out entirely; whether the next request may follow."""
-        if reply.log and self.logging:
-            self._log_access()
-        if not reply.keep:
-            if reply.linger and not self.server.closing:
-                self._linger()
-            else:
-                self.close()
-            return False
-        if reply.log:
+    def _done(self, plan: Plan) -> bool:
+        """A plan went out entirely; whether the next request may follow."""
+        if plan.keep and plan.log:
+            if self.logging:
+                self._log_access()
             self.started = False
-            self.deadline = self.loop.time() + self.server.idle_timeout
-        return True
+            self.deadline = self.loop.time() + self.idle_timeout
+            return True
+        if plan.log and self.logging:
+            self._log_access()
+        if plan.keep:
+            return True
+        if plan.linger and not self.server.closing:
+            self._linger()
+        else:
+            self.close()
+        return False
 
     def _linger(self) -> None:
         """Half-close, then drain briefly: closing with unread input would

@@ -63,11 +63,14 @@ _LINE_START = re.compile(
     + rb"+(?: [\x21-\x7e]*(?: (?:H(?:T(?:T(?:P(?:/(?:[0-9](?:\.(?:[0-9]\r?)?)?)?)?)?)?)?)?)?)?)?\Z"
 )
 _BLANK_LINE = re.compile(rb"\n\r?\n")
-# What the fast path allows (see next_request): in a head, in a target
-# (VCHAR but "#"), in a field name (tchar).
-_HEAD_BYTES = bytes([9, 10, 13, *range(0x20, 0x7F), *range(0x80, 0x100)])
+# What the fast path allows (see next_request): on a line (HTAB, SP, VCHAR,
+# obs-text), in a target (VCHAR but "#") and in its path (nor "%"), in a
+# field name (tchar); _CRLFS[n] is what a head of n fields has besides.
+_LINE_BYTES = bytes([9, *range(0x20, 0x7F), *range(0x80, 0x100)])
 _TARGET_BYTES = bytes(c for c in range(0x21, 0x7F) if c != 0x23)
+_PATH_BYTES = bytes(c for c in range(0x21, 0x7F) if c not in (0x23, 0x25, 0x3F))
 _TCHAR_BYTES = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_CRLFS = tuple(b"\r\n" * n for n in range(101))
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _DIGITS = re.compile(r"[0-9]+\Z")
 _RANGE = re.compile(r"([0-9]*)-([0-9]*)\Z")
@@ -168,11 +171,10 @@ def next_request(buf: bytes, limits: Limits) -> tuple[Request | None, bytes]:
 
 def _fast_head(head: bytes, limits: Limits) -> Request | None:
     """The usual head (see next_request), or None to take the general path."""
-    if head.translate(None, _HEAD_BYTES):
-        return None  # a control or NUL somewhere
     lines = head.split(b"\r\n")
-    if head.count(b"\n") != len(lines) - 1 or head.count(b"\r") != len(lines) - 1 or len(lines) > limits.max_headers:
-        return None  # a bare LF or CR
+    fields = len(lines) - 1
+    if fields > limits.max_headers or fields >= len(_CRLFS) or head.translate(None, _LINE_BYTES) != _CRLFS[fields]:
+        return None  # a control, a NUL, a bare CR or LF
     line = lines[0]
     parts = line.split(b" ")
     if len(parts) != 3:
@@ -184,15 +186,18 @@ def _fast_head(head: bytes, limits: Limits) -> Request | None:
         minor = 0
     else:
         return None
-    path = target.partition(b"?")[0]
-    if (method != b"GET" and method != b"HEAD") or path[:1] != b"/" or len(target) > limits.max_uri:
+    if (method != b"GET" and method != b"HEAD") or target[:1] != b"/" or len(target) > limits.max_uri:
         return None
-    if target.translate(None, _TARGET_BYTES) or path.find(b"/.") >= 0 or path.find(b"%") >= 0:
+    q = target.find(b"?")
+    path = target if q < 0 else target[:q]
+    if path.translate(None, _PATH_BYTES) or path.find(b"/.") >= 0:
+        return None
+    if q >= 0 and target.translate(None, _TARGET_BYTES):
         return None
     headers: dict[str, str] = {}
     for field in lines[1:]:
         name, colon, value = field.partition(b":")
-        if not name or name.translate(None, _TCHAR_BYTES) or not colon:
+        if not colon or not name or name.translate(None, _TCHAR_BYTES):
             return None
         key = name.decode("ascii").lower()
         if key in headers:
@@ -483,12 +488,12 @@ class Representation:
             Last-Modified, ETag, Accept-Ranges.
         tail: Content-Length, ``fields`` and the blank line: how the head
             of a 200 ends.
-        key: the stat facts the rest was built from.
+        key: the stat facts the rest was built from (see :func:`describe`).
     """
 
     __slots__ = ("etag", "fields", "key", "last_modified", "mtime", "size", "strong", "tail")
 
-    def __init__(self, key: tuple[int, int, int, int], size: int, mtime: int, etag: str, strong: bool,
+    def __init__(self, key: list[int], size: int, mtime: int, etag: str, strong: bool,
                  last_modified: str, ctype: str) -> None:
         self.key = key
         self.size = size
@@ -502,21 +507,22 @@ class Representation:
         self.tail = b"Content-Length: %d\r\n" % size + self.fields + b"\r\n"  # how a 200's head ends
 
 
-def describe(ino: int, size: int, mtime_ns: int, ctime_ns: int, ctype: str, now: float) -> Representation:
+def describe(info: list[int], ctype: str, now: float) -> Representation:
     """The :class:`Representation` of a regular file from its stat facts.
 
     Args:
-        ino, size, mtime_ns, ctime_ns: from the open file's fstat.
+        info: ``[st_mode, st_ino, st_size, st_mtime_ns, st_ctime_ns]`` of the
+            open file (see zcio.http._resources.Root.lookup).
         ctype: its Content-Type.
         now: the time (Unix seconds) the answer is decided.
     """
+    _, _, size, mtime_ns, ctime_ns = info
     changed = max(mtime_ns, ctime_ns)
     strong = now * 1e9 - changed >= 1e9
     etag = f'"{size:x}-{ctime_ns:x}"'
     mtime = mtime_ns // 1_000_000_000
     shown = min(mtime, int(now))
-    return Representation((ino, size, mtime_ns, ctime_ns), size, shown, etag if strong else "W/" + etag,
-                          strong, http_date(shown), ctype)
+    return Representation(info, size, shown, etag if strong else "W/" + etag, strong, http_date(shown), ctype)
 
 
 class Plan:
@@ -582,8 +588,10 @@ def plan_file(req: Request, rep: Representation, keep: bool, prefix200: bytes, d
         date: the Date value.
     """
     if req.plain:
-        conn = b"" if keep and req.minor else connection_field(keep, req.minor)
-        return Plan(200, prefix200 + conn + rep.tail, keep, 0, 0 if req.method == "HEAD" else rep.size)
+        if keep and req.minor:
+            return Plan(200, prefix200 + rep.tail, True, 0, rep.size if req.method == "GET" else 0)
+        conn = connection_field(keep, req.minor)
+        return Plan(200, prefix200 + conn + rep.tail, keep, 0, rep.size if req.method == "GET" else 0)
     h = req.headers
     conn = connection_field(keep, req.minor)
     head_only = req.method == "HEAD"

@@ -27,7 +27,7 @@ import os
 import stat
 import urllib.parse
 
-from .._binding import lib
+from .._binding import ffi, lib
 from ._protocol import HttpError
 
 __all__ = ["Root", "display", "open_error"]
@@ -57,6 +57,8 @@ def display(name: bytes) -> str:
 
 
 _open_beneath = lib.zcio_open_beneath  # (dirfd, path, flags) -> fd or -errno
+_open_stat = lib.zcio_open_stat  # (dirfd, path, flags, int64_t[5]) -> fd or -errno
+_unpack = ffi.unpack
 
 
 class Root:
@@ -80,6 +82,7 @@ class Root:
         self.path = root
         self.fd = -1
         self.beneath = False  # openat2 works here
+        self._info = ffi.new("int64_t[5]")  # filled by zcio_open_stat
         self._types: dict[str, str] = {}
 
     def open(self) -> None:
@@ -97,24 +100,22 @@ class Root:
         if fd >= 0:
             os.close(fd)
 
-    def lookup(self, rel: bytes) -> tuple[int, os.stat_result]:
+    def lookup(self, rel: bytes) -> tuple[int, list[int]]:
         """Open ``rel`` (segments joined by ``/``, none of them ``.``, ``..``
         or empty; ``b""`` is the root), confined to the root.
 
         Returns:
-            ``(fd, fstat)``; the caller closes the fd.
+            ``(fd, info)``: the fd (the caller closes it) and
+            ``[st_mode, st_ino, st_size, st_mtime_ns, st_ctime_ns]``.
 
         Raises:
             HttpError: 404, 403, 503 or 500 (see :func:`open_error`).
         """
-        if self.beneath:
-            fd: int = _open_beneath(self.fd, rel or b".", _OPEN_FLAGS)
-            while fd == -errno.EINTR:
-                fd = _open_beneath(self.fd, rel or b".", _OPEN_FLAGS)
-            if fd < 0:
-                if fd not in (-errno.EXDEV, -errno.ELOOP):
-                    raise open_error(-fd)
-                fd = self._open_resolved(rel)
+        if self.beneath:  # open and fstat in one call to the C core
+            fd: int = _open_stat(self.fd, rel or b".", _OPEN_FLAGS, self._info)
+            if fd >= 0:
+                return fd, _unpack(self._info, 5)
+            fd = self._refused(rel, fd)
         else:
             try:
                 fd = self._walk(rel.split(b"/") if rel else [])
@@ -123,10 +124,22 @@ class Root:
                     raise open_error(exc.errno) from None
                 fd = self._open_resolved(rel)
         try:
-            return fd, os.fstat(fd)
+            st = os.fstat(fd)
         except OSError as exc:
             os.close(fd)
             raise open_error(exc.errno) from None
+        return fd, [st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+    def _refused(self, rel: bytes, fd: int) -> int:
+        """openat2 said -errno ``fd``: retry EINTR, resolve EXDEV and ELOOP
+        (a symlink on the way) the slow way, refuse the rest."""
+        while fd == -errno.EINTR:
+            fd = _open_beneath(self.fd, rel or b".", _OPEN_FLAGS)
+        if fd >= 0:
+            return fd
+        if fd not in (-errno.EXDEV, -errno.ELOOP):
+            raise open_error(-fd)
+        return self._open_resolved(rel)
 
     def _walk(self, segments: list[bytes]) -> int:
         if not segments:
@@ -152,16 +165,16 @@ class Root:
         except OSError as exc:
             raise open_error(exc.errno) from None
 
-    def index(self, rel: bytes) -> tuple[int, os.stat_result] | None:
+    def index(self, rel: bytes) -> tuple[int, list[int]] | None:
         """The directory's index.html if it is a regular file, else None."""
         try:
-            fd, st = self.lookup(rel + b"/index.html" if rel else b"index.html")
+            fd, info = self.lookup(rel + b"/index.html" if rel else b"index.html")
         except HttpError as err:
             if err.status == 404:
                 return None
             raise
-        if stat.S_ISREG(st.st_mode):
-            return fd, st
+        if stat.S_ISREG(info[0]):
+            return fd, info
         os.close(fd)
         return None
 

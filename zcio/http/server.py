@@ -113,6 +113,7 @@ class FileServer:
         self._emptied: asyncio.Future[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closed: asyncio.Future[None] | None = None
+        self._ticker: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -147,6 +148,7 @@ class FileServer:
             raise
         self._listener = sock
         self._loop = loop
+        self._tick()
         self._closed = loop.create_future()
         self._tasks = [loop.create_task(self._accept_loop()), loop.create_task(self._sweep())]
 
@@ -192,6 +194,8 @@ class FileServer:
             await asyncio.shield(self._closed)
             return
         self.closing = True
+        if self._ticker is not None:
+            self._ticker.cancel()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -224,6 +228,13 @@ class FileServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    def _tick(self) -> None:
+        """Refresh the site's date strings, and again just after the next
+        second begins (so that answers never look at the clock)."""
+        now = self.site.clock.tick()
+        if not self.closing:
+            self._ticker = self.loop.call_later(1.0005 - now % 1.0, self._tick)
 
     def forget(self, conn: Connection) -> None:
         """A connection closed: free its slot."""
