@@ -29,7 +29,7 @@ from ._protocol import (
     split_target,
     status_prefix,
 )
-from ._resources import Root, open_error
+from ._resources import Root, facts, open_error
 
 __all__ = ["CONTINUE", "Clock", "Site"]
 
@@ -38,9 +38,6 @@ _MAX_CACHED = 4096
 
 
 CONTINUE = Plan(100, b"HTTP/1.1 100 Continue\r\n\r\n", True, log=False)
-
-
-_S_IFMT, _S_IFREG = 0o170000, stat.S_IFREG
 
 
 class Clock:
@@ -104,13 +101,17 @@ class Site:
                 raise HttpError(405, f"Allow: {ALLOW}\r\n")
             segments, path, _ = split_target(req.target)
             rel = b"/".join(segments)
-        fd, info = self.root.lookup(rel)
+        fd, record = self.root.lookup(rel)
         try:
-            if info[0] & _S_IFMT == _S_IFREG:
+            rep = self._reps.get(rel)
+            if rep is not None and rep.key == record and path[-1] != 47:
+                return self._plan(req, keep, fd, rep)  # the same file as last time
+            mode = facts(record)[0]
+            if stat.S_ISREG(mode):
                 if path[-1] == 47:  # "/": a file is not a directory (as open("file/") says)
                     raise HttpError(404)
-                return self._file(req, keep, fd, info, rel)
-            if not stat.S_ISDIR(info[0]):
+                return self._file(req, keep, fd, record, rel)
+            if not stat.S_ISDIR(mode):
                 raise HttpError(403)
             segments = rel.split(b"/") if rel else []
             if not path.endswith(b"/"):
@@ -123,23 +124,27 @@ class Site:
             if index is None:
                 return self._listing(req, keep, fd, segments)
             os.close(fd)
-            fd, info = index
-            return self._file(req, keep, fd, info, rel + b"/index.html" if rel else b"index.html")
+            fd, record = index
+            return self._file(req, keep, fd, record, rel + b"/index.html" if rel else b"index.html")
         except BaseException:
             if fd >= 0:
                 os.close(fd)
             raise
 
-    def _file(self, req: Request, keep: bool, fd: int, info: list[int], rel: bytes) -> Plan:
-        """Takes ``fd``: it is in the plan, or closed."""
+    def _file(self, req: Request, keep: bool, fd: int, record: bytes | bytearray, rel: bytes) -> Plan:
+        """A regular file not described yet (or changed); takes ``fd``."""
         rep = self._reps.get(rel)
-        if rep is None or rep.key != info or not rep.strong:
+        if rep is None or rep.key != record or not rep.strong:
             ctype = self.root.content_type(rel.rpartition(b"/")[2])
-            rep = describe(info, ctype, time.time())
+            rep = describe(facts(record), bytes(record), ctype, time.time())
             if rep.strong:
                 if len(self._reps) >= _MAX_CACHED:
                     self._reps.clear()
                 self._reps[rel] = rep
+        return self._plan(req, keep, fd, rep)
+
+    def _plan(self, req: Request, keep: bool, fd: int, rep: Representation) -> Plan:
+        """The answer for the file ``rep`` open as ``fd``, which it takes."""
         clock = self.clock
         plan = plan_file(req, rep, keep, clock.prefix200, clock.date)
         if plan.length:

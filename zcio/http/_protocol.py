@@ -493,7 +493,7 @@ class Representation:
 
     __slots__ = ("etag", "fields", "key", "last_modified", "mtime", "size", "strong", "tail")
 
-    def __init__(self, key: list[int], size: int, mtime: int, etag: str, strong: bool,
+    def __init__(self, key: bytes, size: int, mtime: int, etag: str, strong: bool,
                  last_modified: str, ctype: str) -> None:
         self.key = key
         self.size = size
@@ -507,12 +507,14 @@ class Representation:
         self.tail = b"Content-Length: %d\r\n" % size + self.fields + b"\r\n"  # how a 200's head ends
 
 
-def describe(info: list[int], ctype: str, now: float) -> Representation:
+def describe(info: tuple[int, int, int, int, int], key: bytes, ctype: str, now: float) -> Representation:
     """The :class:`Representation` of a regular file from its stat facts.
 
     Args:
-        info: ``[st_mode, st_ino, st_size, st_mtime_ns, st_ctime_ns]`` of the
-            open file (see zcio.http._resources.Root.lookup).
+        info: ``(st_mode, st_ino, st_size, st_mtime_ns, st_ctime_ns)`` of the
+            open file.
+        key: what tells this version of the file from others (compared, not
+            read), kept as the representation's ``key``.
         ctype: its Content-Type.
         now: the time (Unix seconds) the answer is decided.
     """
@@ -522,7 +524,7 @@ def describe(info: list[int], ctype: str, now: float) -> Representation:
     etag = f'"{size:x}-{ctime_ns:x}"'
     mtime = mtime_ns // 1_000_000_000
     shown = min(mtime, int(now))
-    return Representation(info, size, shown, etag if strong else "W/" + etag, strong, http_date(shown), ctype)
+    return Representation(key, size, shown, etag if strong else "W/" + etag, strong, http_date(shown), ctype)
 
 
 class Plan:

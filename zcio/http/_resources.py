@@ -25,12 +25,13 @@ import html
 import mimetypes
 import os
 import stat
+import struct
 import urllib.parse
 
 from .._binding import ffi, lib
 from ._protocol import HttpError
 
-__all__ = ["Root", "display", "open_error"]
+__all__ = ["Root", "display", "facts", "open_error"]
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -58,7 +59,14 @@ def display(name: bytes) -> str:
 
 _open_beneath = lib.zcio_open_beneath  # (dirfd, path, flags) -> fd or -errno
 _open_stat = lib.zcio_open_stat  # (dirfd, path, flags, int64_t[5]) -> fd or -errno
-_unpack = ffi.unpack
+_RECORD = struct.Struct("=5q")  # what zcio_open_stat writes
+
+
+def facts(record: bytes | bytearray) -> tuple[int, int, int, int, int]:
+    """``(st_mode, st_ino, st_size, st_mtime_ns, st_ctime_ns)`` of a record
+    from :meth:`Root.lookup`."""
+    mode, ino, size, mtime_ns, ctime_ns = _RECORD.unpack(record)
+    return mode, ino, size, mtime_ns, ctime_ns
 
 
 class Root:
@@ -82,7 +90,8 @@ class Root:
         self.path = root
         self.fd = -1
         self.beneath = False  # openat2 works here
-        self._info = ffi.new("int64_t[5]")  # filled by zcio_open_stat
+        self._record = bytearray(_RECORD.size)  # filled by zcio_open_stat, through _facts
+        self._facts = ffi.from_buffer("int64_t[]", self._record)
         self._types: dict[str, str] = {}
 
     def open(self) -> None:
@@ -100,21 +109,25 @@ class Root:
         if fd >= 0:
             os.close(fd)
 
-    def lookup(self, rel: bytes) -> tuple[int, list[int]]:
+    def lookup(self, rel: bytes) -> tuple[int, bytes | bytearray]:
         """Open ``rel`` (segments joined by ``/``, none of them ``.``, ``..``
         or empty; ``b""`` is the root), confined to the root.
 
         Returns:
-            ``(fd, info)``: the fd (the caller closes it) and
-            ``[st_mode, st_ino, st_size, st_mtime_ns, st_ctime_ns]``.
+            ``(fd, record)``: the fd (the caller closes it) and the file's
+            stat facts as a record for :func:`facts` -- st_mode, st_ino,
+            st_size, st_mtime_ns, st_ctime_ns as five native int64, which
+            also tell two versions of a file apart by plain comparison. The
+            record may be a buffer that the next lookup overwrites: copy it
+            (``bytes()``) or read it (:func:`facts`) first.
 
         Raises:
             HttpError: 404, 403, 503 or 500 (see :func:`open_error`).
         """
         if self.beneath:  # open and fstat in one call to the C core
-            fd: int = _open_stat(self.fd, rel or b".", _OPEN_FLAGS, self._info)
+            fd: int = _open_stat(self.fd, rel or b".", _OPEN_FLAGS, self._facts)
             if fd >= 0:
-                return fd, _unpack(self._info, 5)
+                return fd, self._record
             fd = self._refused(rel, fd)
         else:
             try:
@@ -128,7 +141,7 @@ class Root:
         except OSError as exc:
             os.close(fd)
             raise open_error(exc.errno) from None
-        return fd, [st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+        return fd, _RECORD.pack(st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
     def _refused(self, rel: bytes, fd: int) -> int:
         """openat2 said -errno ``fd``: retry EINTR, resolve EXDEV and ELOOP
@@ -165,7 +178,7 @@ class Root:
         except OSError as exc:
             raise open_error(exc.errno) from None
 
-    def index(self, rel: bytes) -> tuple[int, list[int]] | None:
+    def index(self, rel: bytes) -> tuple[int, bytes | bytearray] | None:
         """The directory's index.html if it is a regular file, else None."""
         try:
             fd, info = self.lookup(rel + b"/index.html" if rel else b"index.html")
@@ -173,7 +186,7 @@ class Root:
             if err.status == 404:
                 return None
             raise
-        if stat.S_ISREG(info[0]):
+        if stat.S_ISREG(facts(info)[0]):
             return fd, info
         os.close(fd)
         return None
