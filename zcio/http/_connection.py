@@ -34,7 +34,6 @@ from ._protocol import (
     body_length,
     first_line,
     keep_alive,
-    next_request,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -188,7 +187,7 @@ class Connection:
             if not self.buf:
                 return
             try:
-                req, rest = next_request(self.buf, server.limits)
+                req, rest = server.reader.next(self.buf)
             except HttpError as err:
                 self._begin(first_line(self.buf))
                 self.buf = b""

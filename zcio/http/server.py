@@ -18,7 +18,7 @@ from typing_extensions import Self
 
 from ._answers import Site
 from ._connection import Connection
-from ._protocol import Limits
+from ._protocol import Limits, Reader
 from ._resources import Root
 
 __all__ = ["FileServer", "serve"]
@@ -102,6 +102,7 @@ class FileServer:
         self.listing = listing
         self.access_log = access_log
         self.limits = Limits(max_header_bytes, max_headers, max_uri)
+        self.reader = Reader(self.limits)
         self.max_body = max_body
         self.backlog = backlog
         self.site = Site(self._root, listing)
