@@ -30,7 +30,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zcio.http import FileServer, serve
-from zcio.http import _protocol as protocol
+from zcio.http import _request, _response
 from zcio.http import _resources as resources
 
 LOOPS = ["asyncio"]
@@ -895,8 +895,8 @@ def test_bad_directory(tmp_path):
 @given(st.binary(max_size=40).map(lambda b: b"/" + b))
 def test_split_target_never_leaves_the_root(target):
     try:
-        segments, _, _ = protocol.split_target(target)
-    except protocol.HttpError as err:
+        segments, _, _ = _request.split_target(target)
+    except _request.HttpError as err:
         assert err.status in (400, 403)
         return
     for seg in segments:
@@ -908,18 +908,18 @@ def test_split_target_never_leaves_the_root(target):
 @given(st.integers(0, 1000), st.integers(0, 1200), st.integers(0, 1200) | st.none())
 def test_parse_range_stays_in_bounds(size, a, b):
     spec = f"bytes={a}-{'' if b is None else b}"
-    r = protocol.parse_range(spec, size)
+    r = _response.parse_range(spec, size)
     if r is None:
         assert b is not None and b < a
-    elif r == protocol.UNSATISFIABLE:
+    elif r == _response.UNSATISFIABLE:
         assert a >= size
     else:
         lo, hi = r
         assert lo == a and 0 <= lo <= hi < size
         assert hi == (size - 1 if b is None else min(b, size - 1))
-    suffix = protocol.parse_range(f"bytes=-{a}", size)
+    suffix = _response.parse_range(f"bytes=-{a}", size)
     if a == 0 or size == 0:
-        assert suffix == protocol.UNSATISFIABLE
+        assert suffix == _response.UNSATISFIABLE
     else:
         assert suffix == (max(0, size - a), size - 1)
 

@@ -6,9 +6,11 @@ sendfile -- one non-blocking ``zcio.sendfile`` at once, and when the socket
 does not take it all, :func:`zcio.aio.sendfile` for the rest -- so the
 file's pages go to the socket without passing through Python.
 
-The rooms: :mod:`._protocol` (HTTP without I/O: framing, grammar, the
-decided answer), :mod:`._resources` (confined opens, listings, MIME types),
-:mod:`._answers` (from a request to a reply: which file, which plan),
+The rooms, each with one job: :mod:`._request` (reading requests, without
+I/O: framing and grammar), :mod:`._response` (deciding answers, without
+I/O: validators, preconditions, ranges, every header byte),
+:mod:`._resources` (confined opens, listings, MIME types), :mod:`._answers`
+(from a request to a decided answer: which file, which plan),
 :mod:`._connection` (one client's socket) and :mod:`.server` (listening,
 accepting, timeouts).
 

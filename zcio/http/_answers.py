@@ -1,12 +1,12 @@
-"""Request semantics: from a parsed request to a decided :class:`~._protocol.Plan`.
+"""Request semantics: from a parsed request to a decided :class:`~._response.Plan`.
 
 A :class:`Site` maps the target to what the root holds (a file, an index, a
-listing, a redirect, a refusal) and has :mod:`._protocol` decide the answer.
+listing, a redirect, a refusal) and has :mod:`._response` decide the answer.
 It opens files but never touches a socket: the plan it returns carries the
 whole head and, for a body from a file, the open fd and the byte range.
 
 Per request it costs one confined open and one fstat; the rest is cached:
-a file's header lines (:class:`~._protocol.Representation`) are built once
+a file's header lines (:class:`~._response.Representation`) are built once
 per path and stat, the Date and the 200 status line once a second.
 """
 from __future__ import annotations
@@ -16,20 +16,18 @@ import stat
 import time
 import urllib.parse
 
-from ._protocol import (
+from ._request import HttpError, Request, split_target
+from ._resources import Root, facts, open_error
+from ._response import (
     ALLOW,
-    HttpError,
     Plan,
     Representation,
-    Request,
     describe,
     http_date,
     plan_file,
     plan_reply,
-    split_target,
     status_prefix,
 )
-from ._resources import Root, facts, open_error
 
 __all__ = ["CONTINUE", "Clock", "Site"]
 

@@ -3,7 +3,7 @@
 A connection is driven by loop callbacks, not by a task: a reader stays
 registered on its non-blocking socket, and each time it fires the
 connection takes what arrived with one ``recv``, cuts complete request heads
-out of it (:func:`~._protocol.take_head`), has the :class:`~._answers.Site`
+out of it (:class:`~._request.Reader`), has the :class:`~._answers.Site`
 decide each answer and sends it at once -- the head with one ``send``
 (``MSG_MORE``), the body with one non-blocking ``zcio.sendfile``. A small
 file thus costs no task, no future and no exception. Only an answer the
@@ -27,14 +27,8 @@ from typing import TYPE_CHECKING
 from .. import aio
 from ..lowlevel import sendfile
 from ._answers import CONTINUE
-from ._protocol import (
-    HttpError,
-    Plan,
-    Request,
-    body_length,
-    first_line,
-    keep_alive,
-)
+from ._request import HttpError, Request, body_length, first_line, keep_alive
+from ._response import Plan
 
 if TYPE_CHECKING:  # pragma: no cover
     from .server import FileServer
@@ -66,35 +60,14 @@ def log_text(raw: bytes, limit: int = 300) -> str:
     return text + ("..." if len(raw) > limit else "")
 
 
-class Connection:
-    """One accepted client. It owns its socket and closes it; the server's
-    sweeper and :meth:`abort` only shut it down."""
+class _Client:
+    """A client's socket and its lifetime: the reader registration, the
+    endings (close, shutdown, lingering) and the logs. It owns the socket and
+    closes it; the server's sweeper and :meth:`abort` only shut it down.
+    :class:`Connection` adds the HTTP exchange."""
 
-    __slots__ = (
-        "body_left",
-        "buf",
-        "closed",
-        "deadline",
-        "drained",
-        "fd",
-        "idle_timeout",
-        "line",
-        "lingering",
-        "logging",
-        "loop",
-        "peer",
-        "pending",
-        "reading",
-        "sent",
-        "server",
-        "site",
-        "sock",
-        "started",
-        "status",
-        "t0",
-        "task",
-        "timed_out",
-    )
+    __slots__ = ("closed", "deadline", "drained", "fd", "line", "lingering", "logging", "loop", "peer",
+                 "reading", "sent", "server", "site", "sock", "status", "t0", "task", "timed_out")
 
     def __init__(self, server: FileServer, sock: socket.socket, peer: str) -> None:
         self.server = server
@@ -103,29 +76,44 @@ class Connection:
         self.sock = sock
         self.fd = sock.fileno()
         self.peer = peer
-        self.buf = b""
         self.deadline = self.loop.time() + server.header_timeout
         self.timed_out = False
-        self.idle_timeout = server.idle_timeout
         self.reading = False
         self.closed = False
-        self.started = False  # the head being received has begun (its deadline is set)
-        self.body_left = 0  # request body bytes still to read and drop
-        self.pending: Request | None = None  # the request whose body is being dropped
         self.lingering = False
         self.drained = 0
-        self.task: asyncio.Task[None] | None = None  # a reply that did not go at once
+        self.task: asyncio.Task[None] | None = None  # an answer that did not go at once
         self.line = b""  # the request line as received, for the logs
         self.status = 0
-        self.sent = 0  # body bytes of the current reply
+        self.sent = 0  # body bytes of the current answer
         self.t0 = 0.0
         self.logging = server.access_log and access_log.isEnabledFor(logging.INFO)
 
-    # ------------------------------------------------------------ reading
+    def _on_readable(self) -> None:  # pragma: no cover - Connection's
+        raise NotImplementedError
 
-    def start(self) -> None:
-        """Begin reading requests."""
-        self._read()
+    async def _send_slices(self, fd: int, offset: int, count: int) -> None:
+        """``count`` bytes of ``fd`` from ``offset`` by zcio.aio.sendfile, in
+        slices that grow while the client keeps up (see send_timeout)."""
+        time_ = self.loop.time
+        send_timeout = self.server.send_timeout
+        piece = _FIRST_SLICE
+        while count:
+            n = min(piece, count)
+            started = time_()
+            self.deadline = started + send_timeout
+            try:
+                sent = await aio.sendfile(self.sock, fd, offset, n)
+            except OSError as exc:  # TransferError: some bytes may have gone
+                self.sent += getattr(exc, "transferred", 0)
+                raise
+            self.sent += sent
+            if sent < n:
+                raise _Truncated()
+            offset += n
+            count -= n
+            if time_() - started < send_timeout / 16:
+                piece = min(piece * 2, _MAX_SLICE)
 
     def _read(self) -> None:
         if not self.reading and not self.closed:
@@ -136,6 +124,84 @@ class Connection:
         if self.reading:
             self.loop.remove_reader(self.fd)
             self.reading = False
+
+    def _linger(self) -> None:
+        """Half-close, then drain briefly: closing with unread input would
+        send a reset that can destroy the answer before the client reads it."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close()
+            return
+        self.lingering = True
+        self.deadline = self.loop.time() + min(_LINGER_SECONDS, self.server.header_timeout)
+        self._read()
+
+    def abort(self) -> None:
+        """Shut the socket down: whatever the connection waits for ends."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """Close the socket now (idempotent); a reply in a task is cancelled."""
+        if self.closed:
+            return
+        self.closed = True
+        self._unread()
+        task, self.task = self.task, None
+        if task is not None and task is not asyncio.current_task(self.loop):
+            task.cancel()
+        self.sock.close()
+        self.server.forget(self)
+
+    def _failed(self, exc: BaseException) -> None:
+        if isinstance(exc, _Truncated):
+            self._log_access()
+            log.warning('%s: "%s": the file shrank while it was sent; connection closed',
+                        self.peer, log_text(self.line))
+            self.close()
+        else:
+            assert isinstance(exc, OSError)
+            self._lost(exc)
+
+    def _lost(self, exc: OSError) -> None:
+        """The client went away, or a timeout shut the socket down."""
+        if self.status:
+            self._log_access()
+        if not self.server.closing and not self.lingering:
+            why = "timed out" if self.timed_out else (exc.strerror or str(exc))
+            log.info('%s: connection lost (%s) after %d body bytes of "%s"',
+                     self.peer, why, self.sent, log_text(self.line))
+        self.close()
+
+    def _log_access(self) -> None:
+        if not self.logging:
+            return
+        access_log.info(
+            '%s - - [%s] "%s" %d %d %.6f',
+            self.peer, self.site.clock.log_date, log_text(self.line), self.status, self.sent,
+            time.perf_counter() - self.t0,
+        )
+
+
+class Connection(_Client):
+    """One accepted client: requests read, answered and sent in order."""
+
+    __slots__ = ("body_left", "buf", "idle_timeout", "pending", "started")
+
+    def __init__(self, server: FileServer, sock: socket.socket, peer: str) -> None:
+        super().__init__(server, sock, peer)
+        self.buf = b""
+        self.idle_timeout = server.idle_timeout
+        self.started = False  # the head being received has begun (its deadline is set)
+        self.body_left = 0  # request body bytes still to read and drop
+        self.pending: Request | None = None  # the request whose body is being dropped
+
+    def start(self) -> None:
+        """Begin reading requests."""
+        self._read()
 
     def _on_readable(self) -> None:
         try:
@@ -267,8 +333,6 @@ class Connection:
         else:
             self.close()
 
-    # ------------------------------------------------------------ sending
-
     def _send(self, plan: Plan) -> bool:
         """Send ``plan`` now if the socket takes it, else in a task.
 
@@ -316,57 +380,6 @@ class Connection:
             os.close(fd)
         return self._done(plan)
 
-    async def _finish(self, reply: Plan, rest: bytes, offset: int, count: int, cork: bool) -> None:
-        """The part of ``reply`` the socket did not take at once."""
-        loop = self.loop
-        try:
-            if rest:
-                self.deadline = loop.time() + self.server.send_timeout
-                await loop.sock_sendall(self.sock, rest)
-            if count:
-                await self._send_body(reply.fd, offset, count)
-            if cork:
-                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)  # pushes the tail
-        except (_Truncated, OSError) as exc:
-            self._failed(exc)
-            return
-        except asyncio.CancelledError:
-            self.close()
-            raise
-        except Exception:
-            log.exception('%s: internal error on "%s"', self.peer, log_text(self.line))
-            self.close()
-            return
-        finally:
-            self.task = None
-            if reply.fd >= 0:
-                os.close(reply.fd)
-        if self._done(reply):
-            self._resume()
-
-    async def _send_body(self, fd: int, offset: int, count: int) -> None:
-        """``count`` bytes of ``fd`` from ``offset`` by zcio.aio.sendfile, in
-        slices that grow while the client keeps up (see send_timeout)."""
-        time_ = self.loop.time
-        send_timeout = self.server.send_timeout
-        piece = _FIRST_SLICE
-        while count:
-            n = min(piece, count)
-            started = time_()
-            self.deadline = started + send_timeout
-            try:
-                sent = await aio.sendfile(self.sock, fd, offset, n)
-            except OSError as exc:  # TransferError: some bytes may have gone
-                self.sent += getattr(exc, "transferred", 0)
-                raise
-            self.sent += sent
-            if sent < n:
-                raise _Truncated()
-            offset += n
-            count -= n
-            if time_() - started < send_timeout / 16:
-                piece = min(piece * 2, _MAX_SLICE)
-
     def _done(self, plan: Plan) -> bool:
         """A plan went out entirely; whether the next request may follow."""
         if plan.keep and plan.log:
@@ -385,64 +398,30 @@ class Connection:
             self.close()
         return False
 
-    def _linger(self) -> None:
-        """Half-close, then drain briefly: closing with unread input would
-        send a reset that can destroy the answer before the client reads it."""
+    async def _finish(self, reply: Plan, rest: bytes, offset: int, count: int, cork: bool) -> None:
+        """The part of ``reply`` the socket did not take at once."""
+        loop = self.loop
         try:
-            self.sock.shutdown(socket.SHUT_WR)
-        except OSError:
+            if rest:
+                self.deadline = loop.time() + self.server.send_timeout
+                await loop.sock_sendall(self.sock, rest)
+            if count:
+                await self._send_slices(reply.fd, offset, count)
+            if cork:
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)  # pushes the tail
+        except (_Truncated, OSError) as exc:
+            self._failed(exc)
+            return
+        except asyncio.CancelledError:
+            self.close()
+            raise
+        except Exception:
+            log.exception('%s: internal error on "%s"', self.peer, log_text(self.line))
             self.close()
             return
-        self.lingering = True
-        self.deadline = self.loop.time() + min(_LINGER_SECONDS, self.server.header_timeout)
-        self._read()
-
-    # ------------------------------------------------------------ endings
-
-    def _failed(self, exc: BaseException) -> None:
-        if isinstance(exc, _Truncated):
-            self._log_access()
-            log.warning('%s: "%s": the file shrank while it was sent; connection closed',
-                        self.peer, log_text(self.line))
-            self.close()
-        else:
-            assert isinstance(exc, OSError)
-            self._lost(exc)
-
-    def _lost(self, exc: OSError) -> None:
-        """The client went away, or a timeout shut the socket down."""
-        if self.status:
-            self._log_access()
-        if not self.server.closing and not self.lingering:
-            why = "timed out" if self.timed_out else (exc.strerror or str(exc))
-            log.info('%s: connection lost (%s) after %d body bytes of "%s"',
-                     self.peer, why, self.sent, log_text(self.line))
-        self.close()
-
-    def abort(self) -> None:
-        """Shut the socket down: whatever the connection waits for ends."""
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        """Close the socket now (idempotent); a reply in a task is cancelled."""
-        if self.closed:
-            return
-        self.closed = True
-        self._unread()
-        task, self.task = self.task, None
-        if task is not None and task is not asyncio.current_task(self.loop):
-            task.cancel()
-        self.sock.close()
-        self.server.forget(self)
-
-    def _log_access(self) -> None:
-        if not self.logging:
-            return
-        access_log.info(
-            '%s - - [%s] "%s" %d %d %.6f',
-            self.peer, self.site.clock.log_date, log_text(self.line), self.status, self.sent,
-            time.perf_counter() - self.t0,
-        )
+        finally:
+            self.task = None
+            if reply.fd >= 0:
+                os.close(reply.fd)
+        if self._done(reply):
+            self._resume()

@@ -29,7 +29,7 @@ import struct
 import urllib.parse
 
 from .._binding import ffi, lib
-from ._protocol import HttpError
+from ._request import HttpError
 
 __all__ = ["Root", "display", "facts", "open_error"]
 

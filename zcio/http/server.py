@@ -2,7 +2,7 @@
 
 :class:`FileServer` owns the listening socket, the root's fd and every
 connection (:class:`~._connection.Connection`); what is answered is decided
-by :class:`~._answers.Site` and :mod:`._protocol`, and nothing here parses
+by :class:`~._answers.Site`, :mod:`._request` and :mod:`._response`, and nothing here parses
 or opens files.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing_extensions import Self
 
 from ._answers import Site
 from ._connection import Connection
-from ._protocol import Limits, Reader
+from ._request import Limits, Reader
 from ._resources import Root
 
 __all__ = ["FileServer", "serve"]
@@ -80,16 +80,12 @@ class FileServer:
         max_body: int = 64 << 10,
         backlog: int = 1024,
     ) -> None:
-        for name, value in (("header_timeout", header_timeout), ("idle_timeout", idle_timeout),
-                            ("send_timeout", send_timeout)):
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
-        for name, count, least in (("max_connections", max_connections, 1), ("max_header_bytes", max_header_bytes, 1),
-                                   ("max_headers", max_headers, 0), ("max_uri", max_uri, 1),
-                                   ("max_body", max_body, 0), ("backlog", backlog, 0)):
-            if count < least:
-                raise ValueError(f"{name} must be >= {least}, got {count}")
-        if not 0 <= port <= 65535:
+        _check(timeouts={"header_timeout": header_timeout, "idle_timeout": idle_timeout,
+                         "send_timeout": send_timeout},
+               counts={"max_connections": (max_connections, 1), "max_header_bytes": (max_header_bytes, 1),
+                       "max_headers": (max_headers, 0), "max_uri": (max_uri, 1), "max_body": (max_body, 0),
+                       "backlog": (backlog, 0), "port": (port, 0)})
+        if port > 65535:
             raise ValueError(f"port must be in 0..65535, got {port}")
         self._root = Root(directory)
         self.root = os.fsdecode(self._root.path)
@@ -237,7 +233,7 @@ class FileServer:
         if not self.closing:
             self._ticker = self.loop.call_later(1.0005 - now % 1.0, self._tick)
 
-    def forget(self, conn: Connection) -> None:
+    def forget(self, conn: object) -> None:
         """A connection closed: free its slot."""
         self._conns.discard(conn)
         if self._slot is not None and not self._slot.done():
@@ -296,6 +292,16 @@ class FileServer:
                 if c.deadline <= now and not c.timed_out:
                     c.timed_out = True
                     c.abort()
+
+
+def _check(timeouts: dict[str, float], counts: dict[str, tuple[int, int]]) -> None:
+    """ValueError unless every timeout is > 0 and every count at least its least."""
+    for name, value in timeouts.items():
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+    for name, (count, least) in counts.items():
+        if count < least:
+            raise ValueError(f"{name} must be >= {least}, got {count}")
 
 
 async def serve(
