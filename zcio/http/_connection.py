@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from .. import aio
 from ..lowlevel import sendfile
 from ._answers import CONTINUE
-from ._request import HttpError, Request, body_length, first_line, keep_alive
+from ._request import HttpError, Request, admit, first_line, keep_alive
 from ._response import Plan
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -273,7 +273,7 @@ class Connection(_Client):
             else:
                 keep = keep_alive(req) and not server.closing
                 try:
-                    n = body_length(req, server.max_body)
+                    n = admit(req, server.max_body)
                 except HttpError as err:
                     self._send(site.error(err, req, False))
                     return

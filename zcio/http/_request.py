@@ -7,7 +7,7 @@ Two jobs, kept apart as h11 keeps grammar, buffer and state apart:
   as a line end (RFC 9112 section 2.2) and refuses what cannot become a
   request (a TLS ClientHello, an oversized line or head) as soon as it shows;
 - grammar: :func:`parse_head` turns a head into a :class:`Request`, strictly;
-  :func:`split_target`, :func:`keep_alive` and :func:`body_length` read the
+  :func:`split_target`, :func:`keep_alive` and :func:`admit` read the
   parts a file server uses.
 
 :func:`next_request` does both, with a fast path for the usual head, and a
@@ -25,7 +25,7 @@ __all__ = [
     "Limits",
     "Reader",
     "Request",
-    "body_length",
+    "admit",
     "first_line",
     "keep_alive",
     "next_request",
@@ -96,7 +96,8 @@ class Request:
     Attributes:
         method: e.g. ``"GET"``.
         target: the request-target, raw.
-        minor: the HTTP/1.x minor version.
+        major, minor: the HTTP version (a major other than 1 is refused
+            by :func:`admit`).
         headers: field names in lower case; repeated fields joined with ``", "``.
         line: the request line as received (for the access log).
         path: the target's path when the fast path found it plain, else None.
@@ -104,7 +105,7 @@ class Request:
             (Connection, a body, a precondition or a range).
     """
 
-    __slots__ = ("headers", "line", "method", "minor", "path", "plain", "target")
+    __slots__ = ("headers", "line", "major", "method", "minor", "path", "plain", "target")
 
     def __init__(self, method: str, target: bytes, minor: int, headers: dict[str, str], line: bytes,
                  path: bytes | None = None, plain: bool = False) -> None:
@@ -115,6 +116,7 @@ class Request:
         self.line = line
         self.path = path  # the target's path when it needs no decoding (see next_request)
         self.plain = plain  # no field that changes the answer: no body, no condition, no Connection
+        self.major = 1
 
 
 # ------------------------------------------------------------------ framing
@@ -282,28 +284,28 @@ def first_line(buf: bytes) -> bytes:
 # ------------------------------------------------------------------ grammar
 
 
-def request_line(line: bytes, limits: Limits) -> tuple[str, bytes, int]:
-    """``(method, target, minor)`` of a request line, or HttpError."""
+def request_line(line: bytes, limits: Limits) -> tuple[str, bytes, int, int]:
+    """``(method, target, major, minor)`` of a request line, or HttpError
+    (400, 414). A major version other than 1 is for the caller to refuse
+    (505) once it knows the rest of the head is well formed."""
     parts = line.split(b" ")
     if len(parts) != 3:
         raise HttpError(400, close=True)
     method, target, version = parts
     if version == b"HTTP/1.1":
-        minor = 1
+        major, minor = 1, 1
     else:
         m = _VERSION.match(version)
         if m is None:
             raise HttpError(400, close=True)
-        if m.group(1) != b"1":
-            raise HttpError(505 if _METHOD.match(method) and target else 400, close=True)
-        minor = int(m.group(2))
+        major, minor = int(m.group(1)), int(m.group(2))
     if method not in (b"GET", b"HEAD") and not _METHOD.match(method):
         raise HttpError(400, close=True)
     if len(target) > limits.max_uri:
         raise HttpError(414, close=True)
     if not _TARGET.match(target):
         raise HttpError(400, close=True)
-    return method.decode("ascii"), target, minor
+    return method.decode("ascii"), target, major, minor
 
 
 def parse_head(head: bytes, limits: Limits) -> Request:
@@ -318,14 +320,15 @@ def parse_head(head: bytes, limits: Limits) -> Request:
         limits: the bounds to enforce.
 
     Raises:
-        HttpError: 400 (malformed, or HTTP/1.1 without Host), 414, 431 or
-            505, with ``close``.
+        HttpError: 400 (malformed, or HTTP/1.1 without Host), 414 or 431,
+            with ``close``. (A major version other than 1 is parsed; admit()
+            refuses it.)
     """
     if head.endswith(b"\r"):
         head = head[:-1]
     lines = head.replace(b"\r\n", b"\n").split(b"\n")
     line = lines[0]
-    method, target, minor = request_line(line, limits)
+    method, target, major, minor = request_line(line, limits)
     if len(lines) - 1 > limits.max_headers:
         raise HttpError(431, close=True)
     headers: dict[str, str] = {}
@@ -343,9 +346,11 @@ def parse_head(head: bytes, limits: Limits) -> Request:
                 raise HttpError(400, close=True)
         else:
             headers[name] = old + ", " + value
-    if minor >= 1 and "host" not in headers:
+    if major == 1 and minor >= 1 and "host" not in headers:
         raise HttpError(400, close=True)
-    return Request(method, target, minor, headers, line)
+    req = Request(method, target, minor, headers, line)
+    req.major = major  # another than 1 is refused by admit(), after the 4xx checks
+    return req
 
 
 def keep_alive(req: Request) -> bool:
@@ -357,13 +362,18 @@ def keep_alive(req: Request) -> bool:
     return "close" not in tokens if req.minor >= 1 else "keep-alive" in tokens
 
 
-def body_length(req: Request, max_body: int) -> int:
-    """How many body bytes follow the head (to be read and dropped).
+def admit(req: Request, max_body: int) -> int:
+    """Refuse a request this server does not take, else say how many body
+    bytes follow its head (to be read and dropped).
+
+    The message's own faults come first (4xx), the version last (505), so
+    that a malformed request of another version is a client error.
 
     Raises:
         HttpError: 411 for a Transfer-Encoding body (400 with a
             Content-Length too), 417 for an Expect other than 100-continue,
-            400 for a bad Content-Length, 413 above ``max_body``.
+            400 for a bad Content-Length, 413 above ``max_body``; then 505
+            for a major version other than 1.
     """
     h = req.headers
     length = h.get("content-length")
@@ -372,13 +382,15 @@ def body_length(req: Request, max_body: int) -> int:
     expect = h.get("expect")
     if expect is not None and expect.lower() != "100-continue":
         raise HttpError(417, close=True)
-    if length is None:
-        return 0
-    if not _DIGITS.match(length):
-        raise HttpError(400, close=True)
-    n = int(length)
-    if n > max_body:
-        raise HttpError(413, close=True)
+    n = 0
+    if length is not None:
+        if not _DIGITS.match(length):
+            raise HttpError(400, close=True)
+        n = int(length)
+        if n > max_body:
+            raise HttpError(413, close=True)
+    if req.major != 1:
+        raise HttpError(505, close=True)
     return n
 
 
