@@ -12,14 +12,15 @@ import errno
 import logging
 import os
 import socket
-from typing import Any, Callable
-
-from typing_extensions import Self
+from typing import TYPE_CHECKING, Any, Callable
 
 from ._answers import Site
 from ._connection import Connection
 from ._request import Limits, Reader
 from ._resources import Root
+
+if TYPE_CHECKING:  # pragma: no cover - for the annotation only (typing.Self is 3.11+)
+    from typing_extensions import Self
 
 __all__ = ["FileServer", "serve"]
 
