@@ -491,8 +491,7 @@ NOT_HTTP = [
     (b" GET / HTTP/1.1\r\n", 400),
     (b"GET / HTTP/1.1 \r\n", 400),
     (b"GET /a\tb HTTP/1.1\r\n", 400),
-    (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505),
-    (b"GET / HTTP/3.0\r\n", 505),
+    (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505),  # HTTP/2 with prior knowledge
     (b"GET /" + b"a" * 9000, 414),
 ]
 
@@ -930,6 +929,24 @@ def test_trickling_client_cannot_extend_the_header_timeout(start, root):
         assert closed
 
 
+def test_trickling_body_cannot_extend_the_header_timeout(start, root):
+    s = start(header_timeout=0.4)
+    with s.raw() as sock:
+        sock.sendall(b"GET /inside.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n")
+        deadline = time.monotonic() + WAIT
+        closed = False
+        while time.monotonic() < deadline and not closed:
+            r, _, _ = select.select([sock], [], [], 0.05)
+            if r:
+                closed = sock.recv(100) == b""
+                break
+            try:
+                sock.sendall(b"X")
+            except OSError:
+                closed = True
+        assert closed
+
+
 def test_idle_keep_alive_connection_is_closed(start, root):
     s = start(idle_timeout=0.3)
     with s.raw() as sock:
@@ -1057,6 +1074,12 @@ def test_serve_coroutine_reports_ready_and_stops_on_cancel(root):
             assert loop.run_until_complete(body()).endswith(b"\r\n\r\ninside\n")
         finally:
             loop.close()
+
+
+def test_the_first_release_name_still_works():
+    import zcio.serve
+
+    assert zcio.serve.FileServer is FileServer and zcio.serve.serve is serve
 
 
 def test_bad_directory(tmp_path):

@@ -277,8 +277,9 @@ class Connection(_Client):
                 except HttpError as err:
                     self._send(site.error(err, req, False))
                     return
-                if n:
+                if n:  # the whole body within one header_timeout, however it trickles
                     self.body_left, self.pending = n, req
+                    self.deadline = self.loop.time() + server.header_timeout
                     expects = "expect" in req.headers and not self.buf and req.minor >= 1
                     if expects and not self._send(CONTINUE):
                         return
@@ -303,10 +304,7 @@ class Connection(_Client):
         take = min(self.body_left, len(self.buf))
         self.buf = self.buf[take:]
         self.body_left -= take
-        if self.body_left:
-            self.deadline = self.loop.time() + self.server.header_timeout
-            return False
-        return True
+        return not self.body_left
 
     def _answer(self, req: Request) -> bool:
         keep = keep_alive(req) and not self.server.closing
