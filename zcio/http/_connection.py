@@ -297,7 +297,7 @@ class Connection(_Client):
     def _begin(self, line: bytes) -> None:
         """A request starts (not the usual way): ``line`` is its request line."""
         self.t0 = time.perf_counter()
-        self.line = line
+        self.line, self.status, self.sent = line, 0, 0
 
     def _drop_body(self) -> bool:
         """Drop body bytes from the buffer; whether the body is complete."""
@@ -384,6 +384,7 @@ class Connection(_Client):
             if self.logging:
                 self._log_access()
             self.started = False
+            self.status = 0  # logged: a connection lost from here on has no answer to log
             self.deadline = self.loop.time() + self.idle_timeout
             return True
         if plan.log and self.logging:

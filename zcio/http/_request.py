@@ -153,24 +153,27 @@ def next_request(buf: bytes, limits: Limits) -> tuple[Request | None, bytes]:
 
 
 class Reader:
-    """:func:`next_request` with a memo: a head seen before is not parsed
+    """:func:`next_request` with a memo: a head seen again is not parsed
     again.
 
     A head is a pure function's input and a :class:`Request` is never
     changed after it is made, so the same head bytes (clients repeat
-    theirs: the same fields, often the same target) can share one. The memo
-    holds heads up to 2 KiB of the usual shape, at most 4096 of them (then it
-    starts afresh).
+    theirs: the same fields, often the same target) can share one. A head
+    is remembered the second time it is seen (the first time only its hash
+    is), so that traffic whose heads never repeat costs the memo nothing;
+    it holds heads up to 2 KiB of the usual shape, at most 4096 of them
+    (then it starts afresh).
 
     Args:
         limits: the bounds to enforce.
     """
 
-    __slots__ = ("_memo", "limits")
+    __slots__ = ("_memo", "_seen", "limits")
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self._memo: dict[bytes, Request] = {}
+        self._seen: set[int] = set()  # hashes of heads parsed once
 
     def next(self, buf: bytes) -> tuple[Request | None, bytes]:
         """As :func:`next_request` (the same results and errors)."""
@@ -181,12 +184,21 @@ class Reader:
             if req is None and end <= self.limits.max_header_bytes:
                 req = _fast_head(head, self.limits)
                 if req is not None:
-                    if len(self._memo) >= _MEMO_SIZE:
-                        self._memo.clear()
-                    self._memo[head] = req
+                    self._remember(head, req)
             if req is not None:
                 return req, buf[end + 4 :]
         return next_request(buf, self.limits)
+
+    def _remember(self, head: bytes, req: Request) -> None:
+        key = hash(head)  # computed by the memo's lookup already, and kept by the bytes object
+        if key in self._seen:
+            if len(self._memo) >= _MEMO_SIZE:
+                self._memo.clear()
+            self._memo[head] = req
+        else:
+            if len(self._seen) >= 2 * _MEMO_SIZE:
+                self._seen.clear()
+            self._seen.add(key)
 
 
 _MEMO_HEAD = 2048
