@@ -9,8 +9,12 @@
     table gives medians of throughput and of the server process's CPU seconds
     per GiB (utime + stime from /proc/PID/stat; for nginx, its worker).
 (b) Small files: ``wrk -t1 -c50 -d<S>s`` over 1000 files of 4 KiB (a Lua
-    script cycles through their paths), interleaved rounds, median requests/s
-    and the server's CPU microseconds per request.
+    script cycles through their paths), interleaved rounds, median requests/s,
+    the server's CPU microseconds per request and requests per server
+    CPU-second relative to nginx's (the steady figure on a shared machine).
+    Twice: with wrk's requests as they are (a head repeats every 1000
+    requests), and with a header that makes every head unique (``X-Seq: n``),
+    so that nothing a server remembers of a head it saw can help.
 
 Servers, each a separate process on 127.0.0.1 and a free port:
 - zcio serve (asyncio), zcio serve (uvloop): ``python -m zcio serve DIR --quiet``
@@ -85,6 +89,14 @@ local n = 0
 request = function()
     n = n + 1
     return wrk.format("GET", string.format("/small/f%d.bin", n % {count}))
+end
+"""
+
+WRK_UNIQUE_SCRIPT = """
+local n = 0
+request = function()
+    n = n + 1
+    return wrk.format("GET", string.format("/small/f%d.bin", n % {count}), {{["X-Seq"] = tostring(n)}})
 end
 """
 
@@ -255,23 +267,30 @@ def run_wrk(wrk: str, port: int, duration: int, script: str) -> Tuple[float, int
     return float(m.group(1)), int(total.group(1))
 
 
-def small_files(servers: Dict[str, Server], wrk: str, script: str, duration: int,
-                rounds: int) -> Dict[str, List[Tuple[float, float]]]:
-    samples: Dict[str, List[Tuple[float, float]]] = {k: [] for k in servers}
+def small_files(servers: Dict[str, Server], wrk: str, scripts: Dict[str, str], duration: int,
+                rounds: int) -> Dict[str, Dict[str, List[Tuple[float, float]]]]:
+    """Per script (kind of request), per server: (req/s, server CPU us/req)
+    of each round; in a round every server runs every script in turn, so
+    that the kinds see the same machine."""
+    samples: Dict[str, Dict[str, List[Tuple[float, float]]]] = {
+        kind: {k: [] for k in servers} for kind in scripts
+    }
     for s in servers.values():  # warm-up
-        run_wrk(wrk, s.port, 1, script)
+        for script in scripts.values():
+            run_wrk(wrk, s.port, 1, script)
     for rnd in range(rounds):
         order = list(servers.items())
         if rnd % 2:
             order.reverse()
         for label, s in order:
-            c0 = cpu_seconds(s.pid)
-            rps, total = run_wrk(wrk, s.port, duration, script)
-            time.sleep(0.1)
-            c1 = cpu_seconds(s.pid)
-            samples[label].append((rps, (c1 - c0) / total * 1e6))
-            print(f"(b) round {rnd + 1}: {label}: {rps:.0f} req/s, {samples[label][-1][1]:.1f} CPU us/req",
-                  file=sys.stderr)
+            for kind, script in scripts.items():
+                c0 = cpu_seconds(s.pid)
+                rps, total = run_wrk(wrk, s.port, duration, script)
+                time.sleep(0.1)
+                c1 = cpu_seconds(s.pid)
+                samples[kind][label].append((rps, (c1 - c0) / total * 1e6))
+                print(f"(b) round {rnd + 1}: {label}, {kind}: {rps:.0f} req/s, "
+                      f"{samples[kind][label][-1][1]:.1f} CPU us/req", file=sys.stderr)
     return samples
 
 
@@ -286,6 +305,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--gib", type=float, default=None, help="size of the big file (default 1, quick 0.25)")
     ap.add_argument("--duration", type=int, default=None, help="seconds per wrk run (default 5, quick 2)")
     ap.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin servers and client to CPUs")
+    ap.add_argument("--part", choices=("a", "b", "both"), default="both", help="run only part (a) or (b)")
     args = ap.parse_args(argv)
     global SERVER_CPUS
     cpus = sorted(os.sched_getaffinity(0))
@@ -311,37 +331,44 @@ def main(argv: Optional[List[str]] = None) -> int:
         for i in range(SMALL_FILES):
             with open(os.path.join(root, "small", f"f{i}.bin"), "wb") as f:
                 f.write(block)
-        script = os.path.join(tmp, "paths.lua")
-        with open(script, "w") as f:
-            f.write(WRK_SCRIPT.format(count=SMALL_FILES))
-        servers = start_servers(tmp, root, with_http_server=wrk is not None)
+        scripts = {}
+        for kind, text in (("repeated heads", WRK_SCRIPT), ("unique heads", WRK_UNIQUE_SCRIPT)):
+            scripts[kind] = os.path.join(tmp, kind.replace(" ", "-") + ".lua")
+            with open(scripts[kind], "w") as f:
+                f.write(text.format(count=SMALL_FILES))
+        servers = start_servers(tmp, root, with_http_server=wrk is not None and args.part != "a")
+        b: Dict[str, Dict[str, List[Tuple[float, float]]]] = {}
         try:
             big = {k: v for k, v in servers.items() if k != "python -m http.server"}
-            a = big_file(big, size, rounds)
-            b = small_files(servers, wrk, script, duration, wrk_rounds) if wrk else {}
+            a = big_file(big, size, rounds) if args.part != "b" else {}
+            if wrk and args.part != "a":
+                b = small_files(servers, wrk, scripts, duration, wrk_rounds)
         finally:
             for s in servers.values():
                 s.close()
     print(f"zcio serve beside peers, loopback, {os.cpu_count()} CPUs ({placement}), CLK_TCK={CLK}")
-    print(f"\n(a) one {size / GiB:g} GiB file, fixed splicing downloader, {rounds} rounds, medians")
-    print(f"{'server':24} {'GiB/s':>8} {'CPU s/GiB':>10} {'GiB/s vs nginx':>15} {'CPU vs nginx':>13}")
-    ref = a.get("nginx (sendfile)")
-    ref_g = statistics.median(x[0] for x in ref) if ref else float("nan")
-    ref_c = statistics.median(x[1] for x in ref) if ref else float("nan")
-    for label, ss in a.items():
-        g = statistics.median(x[0] for x in ss)
-        c = statistics.median(x[1] for x in ss)
-        print(f"{label:24} {g:8.2f} {c:10.3f} {g / ref_g:15.2f} {c / ref_c if ref_c else float('nan'):13.2f}")
-    if b:
-        print(f"\n(b) {SMALL_FILES} files of {SMALL_SIZE} bytes, wrk -t1 -c50 -d{duration}s, "
+    if a:
+        print(f"\n(a) one {size / GiB:g} GiB file, fixed splicing downloader, {rounds} rounds, medians")
+        print(f"{'server':24} {'GiB/s':>8} {'CPU s/GiB':>10} {'GiB/s vs nginx':>15} {'CPU vs nginx':>13}")
+        ref = a.get("nginx (sendfile)")
+        ref_g = statistics.median(x[0] for x in ref) if ref else float("nan")
+        ref_c = statistics.median(x[1] for x in ref) if ref else float("nan")
+        for label, ss in a.items():
+            g = statistics.median(x[0] for x in ss)
+            c = statistics.median(x[1] for x in ss)
+            print(f"{label:24} {g:8.2f} {c:10.3f} {g / ref_g:15.2f} {c / ref_c if ref_c else float('nan'):13.2f}")
+    for kind, samples in b.items():
+        print(f"\n(b) {SMALL_FILES} files of {SMALL_SIZE} bytes, {kind}, wrk -t1 -c50 -d{duration}s, "
               f"{wrk_rounds} rounds, medians")
-        print(f"{'server':24} {'req/s':>10} {'CPU us/req':>11} {'vs http.server':>15}")
-        hs = b.get("python -m http.server")
+        print(f"{'server':24} {'req/s':>10} {'CPU us/req':>11} {'req/CPU-s vs nginx':>19} {'vs http.server':>15}")
+        hs = samples.get("python -m http.server")
         hs_r = statistics.median(x[0] for x in hs) if hs else float("nan")
-        for label, ss in b.items():
+        ng = samples.get("nginx (sendfile)")
+        ng_us = statistics.median(x[1] for x in ng) if ng else float("nan")
+        for label, ss in samples.items():
             rps = statistics.median(x[0] for x in ss)
             us = statistics.median(x[1] for x in ss)
-            print(f"{label:24} {rps:10.0f} {us:11.1f} {rps / hs_r:15.2f}")
+            print(f"{label:24} {rps:10.0f} {us:11.1f} {ng_us / us:19.2f} {rps / hs_r:15.2f}")
     return 0
 
 

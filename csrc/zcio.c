@@ -13,6 +13,7 @@
 #include <sys/mman.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -275,6 +276,62 @@ int zcio_probe_syscall(const char *name)
     else  /* sendfile(out, in, offset, count), tee(in, out, len, flags) */
         r = syscall(nr, -1, -1, NULL, (size_t)0);
     return r < 0 ? -errno : 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Confined opens for the file server. openat2 has no C library wrapper on
+ * older systems: call it by number, with the uapi's struct open_how.
+ */
+#if defined(__has_include)
+#if __has_include(<linux/openat2.h>)
+#include <linux/openat2.h>
+#define ZCIO_HAVE_OPENAT2_H 1
+#endif
+#endif
+#ifndef ZCIO_HAVE_OPENAT2_H
+struct open_how {
+    uint64_t flags;
+    uint64_t mode;
+    uint64_t resolve;
+};
+#define RESOLVE_NO_MAGICLINKS 0x02
+#define RESOLVE_BENEATH 0x08
+#endif
+
+int zcio_open_beneath(int dirfd, const char *path, int flags)
+{
+#ifdef SYS_openat2
+    struct open_how how;
+    memset(&how, 0, sizeof how);
+    how.flags = (uint64_t)(unsigned int)flags;
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+    long fd = syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+    return fd < 0 ? -errno : (int)fd;
+#else
+    (void)dirfd;
+    (void)path;
+    (void)flags;
+    return -ENOSYS;
+#endif
+}
+
+int zcio_open_stat(int dirfd, const char *path, int flags, int64_t info[5])
+{
+    struct stat st;
+    int fd = zcio_open_beneath(dirfd, path, flags);
+    if (fd < 0)
+        return fd;
+    if (fstat(fd, &st) < 0) {
+        int err = errno;
+        close(fd);
+        return -err;
+    }
+    info[0] = (int64_t)st.st_mode;
+    info[1] = (int64_t)st.st_ino;
+    info[2] = (int64_t)st.st_size;
+    info[3] = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+    info[4] = (int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec;
+    return fd;
 }
 
 /* ------------------------------------------------------------------------

@@ -81,6 +81,17 @@ int zcio_mlock(const void *addr, size_t len);
  * -errno (ENOSYS: absent; EPERM: filtered; anything else: present). */
 int zcio_probe_syscall(const char *name);
 
+/* openat2(2) with RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS: open path (relative
+ * to dirfd) only if every step of its resolution, symlinks included, stays
+ * beneath dirfd; escaping gives -EXDEV. flags are open(2)'s. Returns the fd,
+ * or -errno (-ENOSYS where the kernel or the headers lack openat2). */
+int zcio_open_beneath(int dirfd, const char *path, int flags);
+
+/* zcio_open_beneath, then fstat of what it opened, in one call: info gets
+ * st_mode, st_ino, st_size, st_mtime (ns) and st_ctime (ns). Returns the fd,
+ * or -errno (from the open, or from fstat after closing the fd). */
+int zcio_open_stat(int dirfd, const char *path, int flags, int64_t info[5]);
+
 /* ------------------------------------------------------------------------
  * The transfer loop behind splice_pipe. One zcio_pump call moves bytes from
  * src to dst by one method until the transfer is done, an error occurs, or a

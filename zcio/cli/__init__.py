@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import os
 import sys
 from typing import Protocol
 
 from .. import __version__
-from .. import serve as _serve_today
-from . import bench, copy, info, proxy
-from .limits import raise_fd_limit
-from .loops import new_event_loop
+from . import bench, copy, info, proxy, serve
 from .options import Parser
 
 __all__ = ["build_parser", "main"]
@@ -34,21 +30,10 @@ class Command(Protocol):
     def run(self, args: argparse.Namespace) -> int: ...
 
 
-class _Serve:
-    """``zcio serve``, wired to the server module's own options and main."""
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        _serve_today.add_arguments(parser)
-
-    def run(self, args: argparse.Namespace) -> int:
-        raise_fd_limit(2 * args.max_connections + 64)  # a socket and a file a client
-        return _serve_today.main(args, functools.partial(new_event_loop, prog="zcio serve"))
-
-
 _COMMANDS: list[tuple[str, Command, str]] = [
     ("bench", bench, "measure zcio's paths against the stdlib's (the main job)"),
     ("copy", copy, "copy SRC to DST by the cheapest kernel path ('-' is stdin/stdout)"),
-    ("serve", _Serve(), "serve DIR over HTTP/1.1 (GET/HEAD, Range, keep-alive) with sendfile"),
+    ("serve", serve, "serve DIR over HTTP/1.1 (GET/HEAD, Range, keep-alive) with sendfile"),
     ("proxy", proxy, "relay TCP connections from LISTEN to TARGET with splice"),
     ("info", info, "what this kernel and process can do (features())"),
 ]

@@ -10,7 +10,7 @@ import math
 import os
 from typing import NoReturn
 
-__all__ = ["Parser", "byte_count", "output_file", "port", "positive_int", "seconds"]
+__all__ = ["Parser", "byte_count", "output_file", "port", "positive_int", "seconds", "timeout"]
 
 _OFF_MAX = (1 << 63) - 1  # off_t
 
@@ -64,6 +64,14 @@ def seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not (math.isfinite(s) and s >= 0):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return s
+
+
+def timeout(text: str) -> float:
+    """A time limit in seconds: a finite number > 0."""
+    s = seconds(text)
+    if s == 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
     return s
 
 
