@@ -42,7 +42,6 @@ _RECV = 64 << 10
 _MORE = getattr(socket, "MSG_MORE", 0)
 _FIRST_SLICE = 1 << 20
 _MAX_SLICE = 64 << 20
-_CORK_ABOVE = 64 << 10  # bodies larger than this go out with TCP_CORK set, as nginx's tcp_nopush
 _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 256 << 10
 _BURST = 16  # pipelined requests answered in one callback before the others get a turn
@@ -340,10 +339,7 @@ class Connection(_Client):
         head, fd, offset, count = plan.head, plan.fd, plan.offset, plan.length
         if plan.log:
             self.status, self.sent = plan.status, 0
-        cork = count > _CORK_ABOVE
         try:
-            if cork:
-                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
             try:
                 n = self.sock.send(head, _MORE if count else 0)
             except BlockingIOError:
@@ -365,10 +361,8 @@ class Connection(_Client):
                     count -= m
             if n < len(head) or count:
                 self._unread()
-                self.task = self.loop.create_task(self._finish(plan, head[n:], offset, count, cork))
+                self.task = self.loop.create_task(self._finish(plan, head[n:], offset, count))
                 return False
-            if cork:  # pragma: no cover - a corked body is larger than what goes at once
-                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
         except (_Truncated, OSError) as exc:
             if fd >= 0:
                 os.close(fd)
@@ -397,7 +391,7 @@ class Connection(_Client):
             self.close()
         return False
 
-    async def _finish(self, reply: Plan, rest: bytes, offset: int, count: int, cork: bool) -> None:
+    async def _finish(self, reply: Plan, rest: bytes, offset: int, count: int) -> None:
         """The part of ``reply`` the socket did not take at once."""
         loop = self.loop
         try:
@@ -406,8 +400,6 @@ class Connection(_Client):
                 await loop.sock_sendall(self.sock, rest)
             if count:
                 await self._send_slices(reply.fd, offset, count)
-            if cork:
-                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)  # pushes the tail
         except (_Truncated, OSError) as exc:
             self._failed(exc)
             return

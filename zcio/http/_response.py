@@ -79,7 +79,7 @@ def parse_date(value: str) -> int | None:
         if t is None:
             return None
         if t[9] is None:  # no zone: HTTP dates are GMT
-            t = t[:9] + (0,)
+            t = (*t[:9], 0)
         return int(email.utils.mktime_tz(t))
     except (TypeError, ValueError, OverflowError, OSError):
         return None
