@@ -654,6 +654,42 @@ def test_tee_pipe_count(tmp_path):
     assert (tmp_path / "m").read_bytes() == data[:100_001]
 
 
+def test_tee_pipe_seekable_buffered_reader_starts_at_tell(tmp_path):
+    """A buffered reader that read ahead: the tee starts at its tell(), not
+    at its fd's position, and leaves it at the end; buffered writers are
+    flushed first, so their bytes come before the tee's."""
+    data = payload(300_000, 41)
+    (tmp_path / "s").write_bytes(data)
+    with open(tmp_path / "s", "rb") as src, open(tmp_path / "d", "wb") as d, open(tmp_path / "m", "wb") as m:
+        assert src.read(5) == data[:5]  # the reader now holds far more than 5 bytes
+        d.write(b"D:")
+        m.write(b"M:")
+        assert zcio.tee_pipe(src, d, m, 100_000) == 100_000
+        assert src.tell() == 100_005
+        assert src.read(3) == data[100_005:100_008]
+    assert (tmp_path / "d").read_bytes() == b"D:" + data[5:100_005]
+    assert (tmp_path / "m").read_bytes() == b"M:" + data[5:100_005]
+
+
+def test_tee_pipe_unseekable_buffered_reader_delivers_its_bytes_first(tmp_path):
+    """A socket's makefile() that read a line holds the bytes after it: they
+    go first, to both, then the socket's own."""
+    a, b = socket.socketpair()
+    data = b"HEADER\n" + payload(200_000, 43)
+    t = threading.Thread(target=lambda: (a.sendall(data), a.close()))
+    t.start()
+    try:
+        with b.makefile("rb") as f, open(tmp_path / "d", "wb") as d, open(tmp_path / "m", "wb") as m:
+            assert f.readline() == b"HEADER\n"
+            assert len(f.peek(0)) > 0  # bytes after the line wait in the reader
+            assert zcio.tee_pipe(f, d, m) == len(data) - 7
+    finally:
+        t.join()
+        b.close()
+    assert (tmp_path / "d").read_bytes() == data[7:]
+    assert (tmp_path / "m").read_bytes() == data[7:]
+
+
 def test_proxy_relays_both_ways_with_half_close():
     c1, s1 = tcp_pair()  # client <-> proxy side a
     s2, c2 = tcp_pair()  # proxy side b <-> server

@@ -373,7 +373,7 @@ async def tee_pipe(src: FdLike, dst: FdLike, mirror: FdLike, count: Optional[int
         raise t.error(exc) from exc
     except BaseException as exc:
         exc.transferred = t.total  # type: ignore[attr-defined]
-        exc.pending = t.main.drain()  # type: ignore[attr-defined]
+        exc.pending = t.pending()  # type: ignore[attr-defined]
         raise
     finally:
         t.close()

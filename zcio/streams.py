@@ -204,7 +204,7 @@ def tee_pipe(
             n = t.fill(want) if want else 0
             if n is None:
                 if not _poll_fd(t.src, select.POLLIN, timeout):
-                    raise transfer_timeout(t.total, t.main.drain(), timeout or 0)
+                    raise transfer_timeout(t.total, t.pending(), timeout or 0)
                 continue
             if n == 0:
                 return t.total
