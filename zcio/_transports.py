@@ -412,38 +412,31 @@ async def transport_sendfile(
         _set_position(file, in_fd, offset + job.sent)
 
 
-def _selector_loop_class() -> type[asyncio.AbstractEventLoop]:
-    class ZcioSelectorEventLoop(asyncio.SelectorEventLoop):
-        """asyncio's selector loop whose ``sendfile()`` is zcio's."""
+class _SendfileByZcio:
+    """Mixed into a loop class: its ``sendfile()`` is :func:`transport_sendfile`."""
 
-        async def sendfile(
-            self,
-            transport: asyncio.WriteTransport,
-            file: FileArg,
-            offset: int = 0,
-            count: int | None = None,
-            *,
-            fallback: bool = True,
-        ) -> int:
-            return await transport_sendfile(transport, file, offset, count, fallback=fallback)
+    async def sendfile(
+        self,
+        transport: asyncio.WriteTransport,
+        file: FileArg,
+        offset: int = 0,
+        count: int | None = None,
+        *,
+        fallback: bool = True,
+    ) -> int:
+        return await transport_sendfile(transport, file, offset, count, fallback=fallback)
+
+
+def _selector_loop_class() -> type[asyncio.AbstractEventLoop]:
+    class ZcioSelectorEventLoop(_SendfileByZcio, asyncio.SelectorEventLoop):
+        """asyncio's selector loop whose ``sendfile()`` is zcio's."""
 
     return ZcioSelectorEventLoop
 
 
 def _uvloop_class(uvloop_module: Any) -> type[asyncio.AbstractEventLoop]:
-    class ZcioUVLoop(uvloop_module.Loop):  # type: ignore[misc]
+    class ZcioUVLoop(_SendfileByZcio, uvloop_module.Loop):  # type: ignore[misc]
         """uvloop's loop with a ``sendfile()`` (uvloop has none of its own)."""
-
-        async def sendfile(
-            self,
-            transport: asyncio.WriteTransport,
-            file: FileArg,
-            offset: int = 0,
-            count: int | None = None,
-            *,
-            fallback: bool = True,
-        ) -> int:
-            return await transport_sendfile(transport, file, offset, count, fallback=fallback)
 
     return ZcioUVLoop
 
