@@ -27,6 +27,7 @@ from .lowlevel import (
     tee,
     vmsplice,
 )
+from .hub import RelayHub
 from .pipes import Pipe, PipePool, default_pool
 from .streams import proxy, splice_pipe, stats, tee_pipe
 from .zerocopy import BufferPool, CompletionTracker, Ticket, ZeroCopySender
@@ -38,6 +39,7 @@ __all__ = [
     "splice_pipe",
     "tee_pipe",
     "proxy",
+    "RelayHub",
     "stats",
     "Pipe",
     "PipePool",

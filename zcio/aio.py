@@ -30,6 +30,7 @@ from typing import IO, Any, Callable, Dict, List, Optional, Tuple, Union
 from ._binding import lib
 from ._errors import TransferError, transfer_error
 from .lowlevel import FdLike, _nonneg
+from .hub import relay as relay  # noqa: F401  (the relay engine, awaited)
 from .pipes import PipePool
 from .streams import _Tee, _Transfer
 from .zerocopy import DEFAULT_THRESHOLD, PoolBuffer, Ticket, ZeroCopySender
