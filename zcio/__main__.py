@@ -81,10 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-progress", dest="progress", action="store_false")
     s = sub.add_parser("serve", help="serve DIR over HTTP/1.1 (GET/HEAD, Range, keep-alive) with sendfile")
     serve.add_arguments(s)
-    x = sub.add_parser("proxy", help="relay TCP connections from LISTEN to TARGET with splice")
+    x = sub.add_parser("proxy", help="relay TCP connections from LISTEN to TARGET (copy or splice, in C)")
     x.add_argument("listen", metavar="LISTEN", help="host:port or port (127.0.0.1) to accept on")
     x.add_argument("target", metavar="TARGET", help="host:port or port (127.0.0.1) to connect to")
     x.add_argument("--max-connections", type=int, default=1000, help="most clients relayed at once (default 1000)")
+    x.add_argument("--threads", type=int, default=1, help="relay engine threads (default 1)")
+    x.add_argument("--engine", choices=("hub", "asyncio"), default="hub",
+                   help="hub: accept and relay in zcio's C engine (default); asyncio: on the event loop")
     x.add_argument("--uvloop", action="store_true", help="run on uvloop (if installed)")
     x.add_argument("-v", "--verbose", action="store_true", help="log each connection to stderr")
     return p
@@ -112,7 +115,8 @@ def proxy(args: argparse.Namespace) -> int:
     raise_fd_limit(2 * args.max_connections + 64)  # two sockets a client, pipes, the loop
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    relay = Relay(parse_address(args.listen), parse_address(args.target), max_connections=args.max_connections)
+    relay = Relay(parse_address(args.listen), parse_address(args.target), max_connections=args.max_connections,
+                  engine=args.engine, threads=args.threads, verbose=args.verbose)
 
     async def run() -> None:
         await relay.start()
