@@ -118,7 +118,8 @@ struct zc_conn {
     struct zc_conn *cprev, *cnext;  /* engine's connecting list */
     struct zc_conn *run_next;       /* engine's run queue, or inbox */
     int64_t deadline;
-    unsigned char queued, connecting, half_close, stopping, ended;
+    uint32_t slot, gen;             /* epoll events name (slot, gen): see on_event */
+    unsigned char queued, connecting, half_close, stopping, ended, unslotted;
     int peer_len;
     unsigned char peer[28];
 };
@@ -143,7 +144,9 @@ struct engine {
     pthread_mutex_t inbox_mu;
     struct zc_conn *inbox;
     struct zc_cmd *cmds;
-    struct zc_conn *conns, *connecting, *runq, *grave;
+    struct zc_conn *conns, *connecting, *runq, *grave, *spare;
+    struct zc_conn **slots;  /* every relay this engine ever held, by slot */
+    uint32_t nslots, cap_slots;
     int retry_accept;
     int64_t retry_at;
     int64_t now;
@@ -159,7 +162,7 @@ struct zc_target {
 
 struct zcio_listener {
     zcio_hub *hub;
-    int fd;
+    int fd, tcp, nodelay;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int armed, closing, closed, acks, retry;
@@ -585,7 +588,8 @@ static int dir_run(struct engine *e, struct zc_conn *c, int i, int *more)
         if (r <= 0)
             return r;
         if (d->state == D_EOF || c->stopping) {
-            if (d->state == D_EOF && c->half_close)
+            /* (When the other way is done too, close() sends the FIN.) */
+            if (d->state == D_EOF && c->half_close && c->d[1 - i].state != D_DONE)
                 (void)shutdown(dst->fd, SHUT_WR);
             d->state = D_DONE;
             return 0;
@@ -727,13 +731,11 @@ static void conn_end(struct engine *e, struct zc_conn *c, int err, int dir)
         r.spliced[i] = c->d[i].spliced;
         take_pending(e, &c->d[i], &r.pending[i], &r.pending_len[i]);
     }
-    for (int i = 0; i < 2; i++) {
-        if (c->s[i].fd >= 0) {
-            /* Explicitly: a copy of the fd elsewhere would keep it in the set. */
-            (void)epoll_ctl(e->epfd, EPOLL_CTL_DEL, c->s[i].fd, NULL);
-            close_fd(&c->s[i].fd);
-        }
-    }
+    /* No EPOLL_CTL_DEL: a copy of an fd that lives on elsewhere (a dup, a
+     * vfork child before its exec) may keep it in the set, but its events
+     * name a (slot, generation) that no longer matches, and are dropped. */
+    for (int i = 0; i < 2; i++)
+        close_fd(&c->s[i].fd);
     conn_unlink(e, c);
     BUMP(&e->c.active, -1);
     if (err)
@@ -764,11 +766,48 @@ static void conn_end(struct engine *e, struct zc_conn *c, int err, int dir)
     } /* else the run queue frees it */
 }
 
+/* A relay's memory, from the spares or a new slot; NULL when out of memory. */
+static struct zc_conn *conn_alloc(struct engine *e)
+{
+    struct zc_conn *c = e->spare;
+    if (c != NULL) {
+        e->spare = c->run_next;
+        uint32_t slot = c->slot, gen = c->gen;
+        memset(c, 0, sizeof *c);
+        c->slot = slot;
+        c->gen = gen;
+        return c;
+    }
+    if (e->nslots == e->cap_slots) {
+        uint32_t cap = e->cap_slots ? 2 * e->cap_slots : 64;
+        if (cap > (1u << 30))
+            return NULL;
+        struct zc_conn **slots = realloc(e->slots, cap * sizeof *slots);
+        if (slots == NULL)
+            return NULL;
+        e->slots = slots;
+        e->cap_slots = cap;
+    }
+    c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return NULL;
+    c->slot = e->nslots;
+    e->slots[e->nslots++] = c;
+    return c;
+}
+
+/* A relay that ended: its slot's next user gets a new generation. */
 static void conn_free(struct engine *e, struct zc_conn *c)
 {
     for (int i = 0; i < 2; i++)
         drop_buffer(e, &c->d[i]);
-    free(c);
+    if (c->unslotted) {
+        free(c);
+        return;
+    }
+    c->gen++;
+    c->run_next = e->spare;
+    e->spare = c;
 }
 
 static void runq_push(struct engine *e, struct zc_conn *c)
@@ -818,7 +857,7 @@ static int conn_register(struct engine *e, struct zc_conn *c, int side)
 {
     struct epoll_event ev = {
         .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET,
-        .data.u64 = (uint64_t)(uintptr_t)c | (uint64_t)side,
+        .data.u64 = ((uint64_t)c->gen << 32) | ((uint64_t)c->slot << 2) | (uint64_t)side,
     };
     return epoll_ctl(e->epfd, EPOLL_CTL_ADD, c->s[side].fd, &ev) < 0 ? -errno : 0;
 }
@@ -911,7 +950,7 @@ static void lst_accept(struct engine *e, struct zcio_listener *l)
             ;
         FADD(&l->accepted, 1);
         BUMP(&e->c.accepted, 1);
-        struct zc_conn *c = calloc(1, sizeof *c);
+        struct zc_conn *c = conn_alloc(e);
         if (c == NULL) {
             close(fd);
             FADD(&l->active, -1);
@@ -920,10 +959,14 @@ static void lst_accept(struct engine *e, struct zcio_listener *l)
         }
         c->lst = l;
         c->half_close = 1;
+        c->s[0].fd = fd;
+        c->s[0].trusty = (unsigned char)l->tcp;
         c->s[1].fd = -1;
         c->peer_len = plen <= sizeof c->peer ? (int)plen : 0;
         memcpy(c->peer, &peer, (size_t)c->peer_len);
-        sock_setup(&c->s[0], fd);
+        int one = 1;
+        if (!l->nodelay) /* else inherited from the listener */
+            (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         conn_link(e, c);
         struct zc_target *t = LOAD(&l->target);
         int up = socket(t->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -931,7 +974,11 @@ static void lst_accept(struct engine *e, struct zcio_listener *l)
             connect_failed(e, c, errno);
             continue;
         }
-        sock_setup(&c->s[1], up);
+        c->s[1].fd = up;
+        if (t->addr.ss_family == AF_INET || t->addr.ss_family == AF_INET6) {
+            c->s[1].trusty = 1;
+            (void)setsockopt(up, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        }
         int err = 0;
         if (connect(up, (struct sockaddr *)&t->addr, (socklen_t)t->len) < 0) {
             err = errno;
@@ -965,10 +1012,24 @@ static void handle_inbox(struct engine *e)
     e->cmds = NULL;
     pthread_mutex_unlock(&e->inbox_mu);
     while (adds != NULL) {
-        struct zc_conn *c = adds;
-        adds = c->run_next;
+        struct zc_conn *t = adds, *c = conn_alloc(e);
+        adds = t->run_next;
+        if (c != NULL) {
+            uint32_t slot = c->slot, gen = c->gen;
+            *c = *t; /* the caller's thread built it; it takes a slot here */
+            c->slot = slot;
+            c->gen = gen;
+            free(t);
+        } else {
+            c = t; /* out of memory: end it (ENOMEM) without a slot */
+            c->unslotted = 1;
+        }
         c->run_next = NULL;
         conn_link(e, c);
+        if (c->unslotted) {
+            conn_end(e, c, ENOMEM, 0);
+            continue;
+        }
         int err = LOAD(&e->stop) ? ECONNABORTED : 0;
         if (err == 0)
             err = -conn_register(e, c, 0);
@@ -1012,8 +1073,8 @@ static void handle_inbox(struct engine *e)
 
 static void on_event(struct engine *e, struct epoll_event *ev)
 {
-    unsigned tag = (unsigned)(ev->data.u64 & 3);
-    void *p = (void *)(uintptr_t)(ev->data.u64 & ~(uint64_t)3);
+    uint64_t u = ev->data.u64;
+    unsigned tag = (unsigned)(u & 3);
     uint32_t m = ev->events;
     if (tag == TAG_WAKE) {
         uint64_t v;
@@ -1023,12 +1084,18 @@ static void on_event(struct engine *e, struct epoll_event *ev)
         return;
     }
     if (tag == TAG_LISTENER) {
-        lst_accept(e, p);
+        lst_accept(e, (struct zcio_listener *)(uintptr_t)(u & ~(uint64_t)3));
         return;
     }
-    struct zc_conn *c = p;
-    if (c->ended)
-        return; /* ended earlier in this batch */
+    /* A relay's events name its slot and generation: an event for a relay
+     * that ended (earlier in this batch, or long ago through a copy of its
+     * fd) names an old generation and is dropped. */
+    uint32_t slot = (uint32_t)(u >> 2) & ((1u << 30) - 1), gen = (uint32_t)(u >> 32);
+    if (slot >= e->nslots)
+        return;
+    struct zc_conn *c = e->slots[slot];
+    if (c->gen != gen || c->ended)
+        return;
     struct zc_sock *s = &c->s[tag];
     if (m & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI))
         s->readable = 1;
@@ -1369,6 +1436,11 @@ void zcio_hub_free(zcio_hub *h)
     }
     for (int i = 0; i < h->nthreads; i++) {
         struct engine *e = &h->eng[i];
+        if (!h->forked) { /* in a forked child the parent's state may be mid-change */
+            for (uint32_t k = 0; k < e->nslots; k++)
+                free(e->slots[k]);
+            free(e->slots);
+        }
         free(e->scratch);
         if (!h->forked) {
             pthread_mutex_destroy(&e->lock);
@@ -1526,6 +1598,13 @@ int zcio_hub_listen(zcio_hub *h, int fd, const void *addr, int addrlen, int max_
         free(l);
         return -err;
     }
+    int one = 1, proto = 0, domain = 0;
+    socklen_t len = sizeof proto;
+    l->tcp = getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &len) == 0 &&
+             (len = sizeof domain, getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0) &&
+             proto == IPPROTO_TCP && (domain == AF_INET || domain == AF_INET6);
+    /* Accepted sockets inherit TCP_NODELAY from the listener on Linux. */
+    l->nodelay = l->tcp && setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0;
     l->hub = h;
     l->fd = fd;
     l->max = max_conns;
