@@ -160,9 +160,15 @@ struct zc_target {
     struct zc_target *older;
 };
 
+struct zc_lfd {
+    struct zcio_listener *l;
+    int fd;
+};
+
 struct zcio_listener {
     zcio_hub *hub;
-    int fd, tcp, nodelay;
+    struct zc_lfd *lfds;  /* one socket shared by the engines, or one each */
+    int nfds, tcp, nodelay;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int armed, closing, closed, acks, retry;
@@ -650,19 +656,33 @@ static void take_pending(struct engine *e, struct zc_dir *d, unsigned char **out
 
 /* ------------------------------------------------------------ listeners */
 
+/* One listening socket: every engine waits on it (EPOLLEXCLUSIVE: one is
+ * woken). Several (SO_REUSEPORT): socket k belongs to engine k % threads,
+ * and the kernel spreads the connections over them. */
 static void lst_set_armed(struct zcio_listener *l, int on)
 {
     zcio_hub *h = l->hub;
-    for (int i = 0; i < h->nthreads; i++) {
-        if (on) {
-            struct epoll_event ev = {.events = EPOLLIN | EPOLLEXCLUSIVE,
-                                     .data.u64 = (uint64_t)(uintptr_t)l | TAG_LISTENER};
-            (void)epoll_ctl(h->eng[i].epfd, EPOLL_CTL_ADD, l->fd, &ev);
-        } else {
-            (void)epoll_ctl(h->eng[i].epfd, EPOLL_CTL_DEL, l->fd, NULL);
+    for (int k = 0; k < l->nfds; k++) {
+        struct zc_lfd *f = &l->lfds[k];
+        int first = l->nfds == 1 ? 0 : k % h->nthreads;
+        int last = l->nfds == 1 ? h->nthreads - 1 : first;
+        for (int i = first; i <= last; i++) {
+            if (on) {
+                struct epoll_event ev = {.events = EPOLLIN | (l->nfds == 1 ? EPOLLEXCLUSIVE : 0),
+                                         .data.u64 = (uint64_t)(uintptr_t)f | TAG_LISTENER};
+                (void)epoll_ctl(h->eng[i].epfd, EPOLL_CTL_ADD, f->fd, &ev);
+            } else {
+                (void)epoll_ctl(h->eng[i].epfd, EPOLL_CTL_DEL, f->fd, NULL);
+            }
         }
     }
     l->armed = on;
+}
+
+static void lst_close_fds(struct zcio_listener *l)
+{
+    for (int k = 0; k < l->nfds; k++)
+        close_fd(&l->lfds[k].fd);
 }
 
 /* Stop accepting while max relays run (re-checked under the lock). */
@@ -919,9 +939,14 @@ static void connect_done(struct engine *e, struct zc_conn *c, uint32_t events)
     conn_step(e, c);
 }
 
-static void lst_accept(struct engine *e, struct zcio_listener *l)
+static void lst_accept(struct engine *e, struct zc_lfd *f)
 {
-    for (int k = 0; k < ACCEPTS_PER_TURN; k++) {
+    struct zcio_listener *l = f->l;
+    /* A socket shared by several engines: one connection per wake-up (it
+     * stays ready, level-triggered), so that a busy engine leaves the next
+     * one to a waiting engine. */
+    int most = l->nfds == 1 && e->hub->nthreads > 1 ? 1 : ACCEPTS_PER_TURN;
+    for (int k = 0; k < most; k++) {
         if (LOAD(&l->closing))
             return;
         if (FADD(&l->active, 1) >= l->max) {
@@ -931,7 +956,7 @@ static void lst_accept(struct engine *e, struct zcio_listener *l)
         }
         struct sockaddr_storage peer;
         socklen_t plen = sizeof peer;
-        int fd = accept4(l->fd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        int fd = accept4(f->fd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             int err = errno;
             FADD(&l->active, -1);
@@ -1084,7 +1109,7 @@ static void on_event(struct engine *e, struct epoll_event *ev)
         return;
     }
     if (tag == TAG_LISTENER) {
-        lst_accept(e, (struct zcio_listener *)(uintptr_t)(u & ~(uint64_t)3));
+        lst_accept(e, (struct zc_lfd *)(uintptr_t)(u & ~(uint64_t)3));
         return;
     }
     /* A relay's events name its slot and generation: an event for a relay
@@ -1280,7 +1305,7 @@ static void fork_child(void)
             close_fd(&p->w);
         }
         for (struct zcio_listener *l = h->listeners; l != NULL; l = l->next)
-            close_fd(&l->fd);
+            lst_close_fds(l);
         fork_unlock(h);
     }
     pthread_mutex_unlock(&g_mu);
@@ -1381,7 +1406,7 @@ void zcio_hub_close(zcio_hub *h)
         pthread_mutex_lock(&l->mu);
         STORE(&l->closing, 1);
         l->armed = 0;
-        close_fd(&l->fd);
+        lst_close_fds(l);
         l->closed = 1;
         pthread_cond_broadcast(&l->cv);
         pthread_mutex_unlock(&l->mu);
@@ -1428,6 +1453,7 @@ void zcio_hub_free(zcio_hub *h)
         }
         if (l->sink != NULL)
             sink_unref(l->sink);
+        free(l->lfds);
         if (!h->forked) {
             pthread_mutex_destroy(&l->mu);
             pthread_cond_destroy(&l->cv);
@@ -1486,6 +1512,11 @@ void zcio_hub_get_stats(zcio_hub *h, zcio_hub_stats *out)
     out->pipes_max = h->pool.max;
     out->pipe_size = h->pool.size;
     pthread_mutex_unlock(&h->pool.mu);
+}
+
+int64_t zcio_hub_thread_active(zcio_hub *h, int i)
+{
+    return i < 0 || i >= h->nthreads ? -1 : PEEK(&h->eng[i].c.active);
 }
 
 int zcio_hub_relay(zcio_hub *h, int fd_a, int fd_b, int half_close, uint64_t id, zcio_sink *sink)
@@ -1578,35 +1609,48 @@ static struct zc_target *target_new(const void *addr, int addrlen)
     return t;
 }
 
-int zcio_hub_listen(zcio_hub *h, int fd, const void *addr, int addrlen, int max_conns,
-                    int connect_timeout_ms, zcio_sink *sink, int verbose, zcio_listener **out)
+int zcio_hub_listen(zcio_hub *h, const int *fds, int nfds, const void *addr, int addrlen,
+                    int max_conns, int connect_timeout_ms, zcio_sink *sink, int verbose,
+                    zcio_listener **out)
 {
-    if (max_conns < 1 || connect_timeout_ms < 0)
+    if (max_conns < 1 || connect_timeout_ms < 0 || nfds < 1)
         return -EINVAL;
     struct zcio_listener *l = calloc(1, sizeof *l);
     if (l == NULL)
         return -ENOMEM;
+    l->lfds = calloc((size_t)nfds, sizeof *l->lfds);
     l->target = target_new(addr, addrlen);
-    if (l->target == NULL) {
-        free(l);
-        return -EINVAL;
-    }
-    int flags = fcntl(fd, F_GETFL);
-    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
-        int err = errno;
+    if (l->target == NULL || l->lfds == NULL) {
+        int err = l->target == NULL ? EINVAL : ENOMEM;
         free(l->target);
+        free(l->lfds);
         free(l);
         return -err;
     }
+    for (int k = 0; k < nfds; k++) {
+        int flags = fcntl(fds[k], F_GETFL);
+        if (flags < 0 || fcntl(fds[k], F_SETFL, flags | O_NONBLOCK) < 0) {
+            int err = errno;
+            free(l->target);
+            free(l->lfds);
+            free(l);
+            return -err;
+        }
+        l->lfds[k].l = l;
+        l->lfds[k].fd = fds[k];
+    }
+    l->nfds = nfds;
     int one = 1, proto = 0, domain = 0;
     socklen_t len = sizeof proto;
-    l->tcp = getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &len) == 0 &&
-             (len = sizeof domain, getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0) &&
+    l->tcp = getsockopt(fds[0], SOL_SOCKET, SO_PROTOCOL, &proto, &len) == 0 &&
+             (len = sizeof domain, getsockopt(fds[0], SOL_SOCKET, SO_DOMAIN, &domain, &len) == 0) &&
              proto == IPPROTO_TCP && (domain == AF_INET || domain == AF_INET6);
     /* Accepted sockets inherit TCP_NODELAY from the listener on Linux. */
-    l->nodelay = l->tcp && setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0;
+    l->nodelay = l->tcp;
+    for (int k = 0; k < nfds && l->tcp; k++)
+        if (setsockopt(fds[k], IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0)
+            l->nodelay = 0;
     l->hub = h;
-    l->fd = fd;
     l->max = max_conns;
     l->connect_timeout_ms = connect_timeout_ms;
     l->verbose = verbose;
@@ -1616,12 +1660,12 @@ int zcio_hub_listen(zcio_hub *h, int fd, const void *addr, int addrlen, int max_
     pthread_mutex_lock(&h->mu);
     if (h->closing) {
         pthread_mutex_unlock(&h->mu);
-        (void)fcntl(fd, F_SETFL, flags);
         pthread_mutex_destroy(&l->mu);
         pthread_cond_destroy(&l->cv);
         free(l->target);
+        free(l->lfds);
         free(l);
-        return -ESHUTDOWN;
+        return -ESHUTDOWN; /* the fds stay non-blocking: the caller closes them */
     }
     if (sink != NULL)
         FADD(&sink->refs, 1);
@@ -1678,7 +1722,7 @@ void zcio_listener_close(zcio_listener *l)
     pthread_mutex_lock(&l->mu);
     while (l->acks < h->nthreads && !l->closed)
         pthread_cond_wait(&l->cv, &l->mu);
-    close_fd(&l->fd);
+    lst_close_fds(l);
     l->closed = 1;
     pthread_mutex_unlock(&l->mu);
 }

@@ -86,6 +86,8 @@ void zcio_hub_free(zcio_hub *h);
 int zcio_hub_forked(zcio_hub *h);
 
 void zcio_hub_get_stats(zcio_hub *h, zcio_hub_stats *out);
+/* Relays engine thread i holds now (-1 for a thread that does not exist). */
+int64_t zcio_hub_thread_active(zcio_hub *h, int i);
 
 /* Relay between two connected stream sockets until both ends reach EOF
  * (half_close: EOF one way shuts down the other's write side; 0: the first
@@ -115,15 +117,16 @@ void zcio_sink_shutdown(zcio_sink *s);
 void zcio_sink_release(zcio_sink *s);
 void zcio_result_free(zcio_relay_result *r);
 
-/* Listeners: the hub accepts on a listening socket fd (which it then owns),
+/* Listeners: the hub accepts on listening sockets (which it then owns: one
+ * that every engine waits on, or one per engine bound with SO_REUSEPORT),
  * connects each client to `addr` without blocking and relays the pair, all
  * on its engine threads. At most max_conns relays at once (the listener
  * stops accepting meanwhile). A failed connect posts a
  * ZCIO_REC_CONNECT_FAILED record to `sink` (one until zcio_listener_target
  * is called again); with `verbose` every relay's end is posted too. */
-int zcio_hub_listen(zcio_hub *h, int fd, const void *addr, int addrlen,
-                    int max_conns, int connect_timeout_ms, zcio_sink *sink,
-                    int verbose, zcio_listener **out);
+int zcio_hub_listen(zcio_hub *h, const int *fds, int nfds, const void *addr,
+                    int addrlen, int max_conns, int connect_timeout_ms,
+                    zcio_sink *sink, int verbose, zcio_listener **out);
 int zcio_listener_target(zcio_listener *l, const void *addr, int addrlen);
 /* Stop accepting, end the listener's relays (ECONNABORTED), close its fd;
  * returns once done. Idempotent. The listener's memory lives until the hub

@@ -31,7 +31,7 @@ import ssl
 import struct
 import threading
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ._binding import ffi, lib
 from ._errors import TransferError, transfer_error
@@ -237,8 +237,10 @@ class _Core:
                 raise RuntimeError("this RelayHub belongs to the parent process")
             s = ffi.new("zcio_hub_stats *")
             lib.zcio_hub_get_stats(self.ptr, s)
+            per_thread = [lib.zcio_hub_thread_active(self.ptr, i) for i in range(self.threads)]
         return {
             "threads": s.threads,
+            "active_per_thread": per_thread,
             "relays": {"started": s.relays_started, "active": s.relays_active,
                        "ended": s.relays_ended, "failed": s.relays_failed},
             "bytes": {"copy": s.bytes_copied, "splice": s.bytes_spliced},
@@ -439,7 +441,8 @@ class RelayHub:
             ``switches`` (``to_splice``, ``to_copy``), ``buffers`` (copy
             buffers held now), ``pipes`` (created, destroyed, in_use, free,
             exhausted, max, size), ``accepted`` and ``connect_failed`` (for
-            listeners), ``threads``. After close(), the final counts.
+            listeners), ``threads`` and ``active_per_thread`` (relays each
+            engine thread holds now). After close(), the final counts.
         """
         return self._core.stats()
 
@@ -453,11 +456,13 @@ class RelayHub:
         """
         self._core.close()
 
-    def _listen(self, listener: socket.socket, target: Tuple[int, Any], *, max_connections: int,
+    def _listen(self, listeners: Sequence[socket.socket], target: Tuple[int, Any], *, max_connections: int,
                 connect_timeout: float, verbose: bool = False) -> "_Listener":
-        """Accept on ``listener`` and relay each client to ``target`` (family,
-        address tuple), all in the engine (used by ``zcio proxy``)."""
-        return _Listener(self._core, listener, target, max_connections, connect_timeout, verbose)
+        """Accept on ``listeners`` and relay each client to ``target`` (family,
+        address tuple), all in the engine (used by ``zcio proxy``). One
+        listening socket is shared by every engine thread; several (bound
+        with SO_REUSEPORT) are dealt out, one per thread."""
+        return _Listener(self._core, listeners, target, max_connections, connect_timeout, verbose)
 
     def __enter__(self) -> "RelayHub":
         return self
@@ -499,23 +504,27 @@ class _Listener:
     and relays, with no Python per connection. ``fileno()`` is an eventfd
     that becomes readable when :meth:`records` has something."""
 
-    def __init__(self, core: _Core, listener: socket.socket, target: Tuple[int, Any],
+    def __init__(self, core: _Core, listeners: Sequence[socket.socket], target: Tuple[int, Any],
                  max_connections: int, connect_timeout: float, verbose: bool) -> None:
+        if not listeners:
+            raise ValueError("no listening socket")
         self.core = core
         self.sink = _Sink()
         addr = sockaddr(*target)
+        fds = ffi.new("int[]", [s.fileno() for s in listeners])
         out = ffi.new("zcio_listener **")
         with core.lock:
             try:
                 core.check_open()
-                n = lib.zcio_hub_listen(core.ptr, listener.fileno(), addr, len(addr), max_connections,
+                n = lib.zcio_hub_listen(core.ptr, fds, len(listeners), addr, len(addr), max_connections,
                                         int(connect_timeout * 1000), self.sink.ptr, 1 if verbose else 0, out)
                 if n < 0:
                     _raise(-n)
             except BaseException:
                 self.sink.release()
                 raise
-        listener.detach()
+        for listener in listeners:
+            listener.detach()
         self.ptr = out[0]
         self.closed = False
         self.final: Dict[str, int] = {}

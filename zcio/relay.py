@@ -19,7 +19,7 @@ import asyncio
 import logging
 import socket
 import time
-from typing import Any, Optional, Set, Tuple
+from typing import Any, List, Optional, Set, Tuple
 
 from . import aio
 from ._errors import TransferError
@@ -169,27 +169,40 @@ class Relay:
         self._target_addr = await self._resolve()
         infos = socket.getaddrinfo(self.listen[0], self.listen[1], type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, type_, proto, _, addr = infos[0]
-        listener = socket.socket(family, type_, proto)
+        hub_threads = 0
+        if self.engine == "hub":
+            hub_threads = self.threads if self._hub is None else self._hub.threads
+        # Several engine threads: one listening socket each (SO_REUSEPORT),
+        # so that the kernel spreads the clients over them.
+        count = hub_threads if hub_threads > 1 and hasattr(socket, "SO_REUSEPORT") else 1
+        listeners: List[socket.socket] = []
         try:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind(addr)
-            listener.listen(min(socket.SOMAXCONN, 4096))
-            listener.setblocking(False)
-            self._address = listener.getsockname()[:2]
+            for _ in range(count):
+                listener = socket.socket(family, type_, proto)
+                listeners.append(listener)
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if count > 1:
+                    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                listener.bind(addr)
+                listener.listen(min(socket.SOMAXCONN, 4096))
+                listener.setblocking(False)
+                addr = listener.getsockname()  # the others bind the port the first got
+            self._address = listeners[0].getsockname()[:2]
             if self.engine == "hub":
                 if self._hub is None:
                     self._hub = RelayHub(self.threads)
                 self._hub_listener = self._hub._listen(
-                    listener, self._target_addr, max_connections=self.max_connections,
+                    listeners, self._target_addr, max_connections=self.max_connections,
                     connect_timeout=self.connect_timeout, verbose=self.verbose,
                 )
                 loop.add_reader(self._hub_listener.fileno(), self._on_records)
         except BaseException:
-            listener.close()
+            for listener in listeners:
+                listener.close()
             if self._own_hub and self._hub is not None:
                 self._hub.close()
             raise
-        self.listener = listener  # detached (fileno() == -1) when the hub took it
+        self.listener = listeners[0]  # detached (fileno() == -1) when the hub took it
         self._slots = asyncio.Semaphore(self.max_connections)
 
     def _on_records(self) -> None:
