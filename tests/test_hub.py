@@ -18,9 +18,9 @@ import warnings
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
+from test_streams import payload
 
 import zcio
-from test_streams import payload
 from zcio import RelayHub, TransferError, aio
 from zcio.hub import default_hub
 
@@ -394,7 +394,7 @@ def test_a_bulk_stream_switches_to_splice_and_back_when_it_turns_interactive(hub
     assert st["bytes"]["splice"] > len(data) // 2
     # Now the same direction carries 64-byte messages: back to copying.
     copied = st["bytes"]["copy"]
-    for i in range(20):
+    for _ in range(20):
         client.sendall(b"m" * 64)
         assert len(recv_exact(server, 64)) == 64
     st = hub.stats()

@@ -105,7 +105,7 @@ class _Sink:
         self.out = ffi.new("zcio_relay_result[]", _BATCH)
 
     def dispatch(self, records: List[Any]) -> None:
-        for kind, rid, outcome, _, _ in records:
+        for _, rid, outcome, _, _ in records:
             waiter = self.waiters.pop(rid, None)
             if waiter is not None and outcome is not None:
                 waiter(outcome)
@@ -174,7 +174,9 @@ class _Core:
             raise RuntimeError("the RelayHub is closed")
 
     # -- relays ---------------------------------------------------------
-    def submit(self, a: socket.socket, b: socket.socket, half_close: bool, sink: _Sink, waiter: Waiter) -> Tuple[int, int]:
+    def submit(
+        self, a: socket.socket, b: socket.socket, half_close: bool, sink: _Sink, waiter: Waiter
+    ) -> Tuple[int, int]:
         fa, fb = _stream_socket(a, "a"), _stream_socket(b, "b")
         if fa == fb:
             raise ValueError("a and b must be different sockets")
@@ -347,7 +349,9 @@ class RelayHub:
     def closed(self) -> bool:
         return self._core.state != "open"
 
-    def relay(self, a: socket.socket, b: socket.socket, *, half_close: bool = True) -> "concurrent.futures.Future[Tuple[int, int]]":
+    def relay(
+        self, a: socket.socket, b: socket.socket, *, half_close: bool = True
+    ) -> "concurrent.futures.Future[Tuple[int, int]]":
         """Relay bytes both ways between two connected stream sockets.
 
         The hub takes both sockets (they are detached: ``fileno() == -1``)
@@ -547,7 +551,7 @@ class _Listener:
                     if result is not None:
                         out.append(("relay", (_peer(peer), result[0], result[1], None)))
                     else:
-                        up, down = exc.relayed  # type: ignore[union-attr]
+                        up, down = exc.relayed
                         out.append(("relay", (_peer(peer), up, down, exc)))
             if n < _BATCH:
                 break
