@@ -566,6 +566,17 @@ def test_ctrl_c_while_waiting_on_a_future(hub, tcp_pairs):
     assert recv_exact(server, 14) == b"still relaying"
 
 
+def test_a_hub_dropped_unclosed_is_closed_with_a_resource_warning(tcp_pairs):
+    h = RelayHub()
+    client, a, b, server = relayed(tcp_pairs)
+    fut = h.relay(a, b)
+    with pytest.warns(ResourceWarning, match="unclosed"):
+        del h
+        gc.collect()
+    assert isinstance(fut.exception(JOIN), ConnectionAbortedError)
+    assert client.recv(1) == b"" and server.recv(1) == b""
+
+
 def test_a_hub_does_not_keep_the_interpreter_alive():
     code = (
         "import socket, zcio\n"

@@ -30,6 +30,7 @@ import socket
 import ssl
 import struct
 import threading
+import warnings
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -321,9 +322,11 @@ class RelayHub:
         ValueError: ``threads`` < 1.
         OSError: the threads or their fds could not be created.
 
-    Use ``with RelayHub() as hub:`` or call :meth:`close`. A hub never keeps
-    the interpreter from exiting; a forked child cannot use its parent's hub
-    (RuntimeError), and the child holds none of the hub's fds.
+    Use ``with RelayHub() as hub:`` or call :meth:`close`; a hub dropped
+    unclosed is closed (ending its relays) with a ResourceWarning, as a
+    socket is. A hub never keeps the interpreter from exiting; a forked child
+    cannot use its parent's hub (RuntimeError), and the child holds none of
+    the hub's fds.
     """
 
     def __init__(self, threads: int = 1) -> None:
@@ -337,7 +340,7 @@ class RelayHub:
             _raise(-n)
         self._core = _Core(out[0], threads)
         _cores.add(self._core)
-        self._finalizer = weakref.finalize(self, self._core.close)
+        self._finalizer = weakref.finalize(self, _dropped, self._core, repr(self))
         self._finalizer.atexit = False
 
     @property
@@ -593,6 +596,12 @@ class _Listener:
                 self.finish()
             self.closed = True
         self.sink.release()
+
+
+def _dropped(core: _Core, name: str) -> None:
+    if core.state == "open" and core.pid == os.getpid():
+        warnings.warn(f"unclosed {name}", ResourceWarning, stacklevel=2)
+    core.close()
 
 
 _cores: "weakref.WeakSet[_Core]" = weakref.WeakSet()
