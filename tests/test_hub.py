@@ -254,20 +254,23 @@ def test_a_reset_ends_both_directions_with_exact_accounting(hub, tcp_pairs):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
     data = payload(64 << 20, 9)
     fut = hub.relay(a, b)
+    client.sendall(data[: 1 << 20])
+    got = recv_exact(server, 64 << 10)  # the server reads a little, then never again
     client.setblocking(False)
-    sent = 0
+    sent = 1 << 20
 
     def stalled() -> bool:
+        # The client's socket is full only once the hub stopped reading a,
+        # which it does only while it holds bytes that b cannot take.
         nonlocal sent
         try:
             sent += client.send(data[sent: sent + (1 << 20)])
+            return False
         except BlockingIOError:
-            pass
-        st = hub.stats()
-        return st["pipes"]["in_use"] + st["buffers"] >= 1 and sent > (4 << 20)
+            st = hub.stats()
+            return st["pipes"]["in_use"] + st["buffers"] >= 1
 
     wait_for(stalled, "the relay stalled with bytes in flight")
-    got = server.recv(1 << 16)
     _reset(server)
     with pytest.raises(TransferError) as info:
         fut.result(JOIN)
