@@ -46,6 +46,7 @@
 
 #ifndef F_SETPIPE_SZ
 #define F_SETPIPE_SZ 1031
+#define F_GETPIPE_SZ 1032
 #endif
 #ifndef EPOLLEXCLUSIVE
 #define EPOLLEXCLUSIVE (1u << 28)
@@ -379,9 +380,20 @@ static struct zc_pipe *pool_get(struct zc_pool *p)
         if (pipe != NULL && pipe2(fds, O_NONBLOCK | O_CLOEXEC) == 0) {
             pipe->r = fds[0];
             pipe->w = fds[1];
-            (void)fcntl(pipe->w, F_SETPIPE_SZ, (int)p->size); /* refused: keep the default */
             p->created++;
             p->in_use++;
+            /* A refused resize keeps the default size; but past the user's
+             * pipe-user-pages-soft a new pipe holds one page: useless here. */
+            if (fcntl(pipe->w, F_SETPIPE_SZ, (int)p->size) < 0 &&
+                fcntl(pipe->w, F_GETPIPE_SZ) < CHUNK) {
+                close(pipe->r);
+                close(pipe->w);
+                free(pipe);
+                pipe = NULL;
+                p->in_use--;
+                p->destroyed++;
+                p->exhausted++;
+            }
         } else {
             free(pipe); /* EMFILE and the like: as good as exhausted */
             pipe = NULL;
