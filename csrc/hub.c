@@ -436,32 +436,37 @@ static void demote(struct engine *e, struct zc_dir *d)
     BUMP(&e->c.to_copy, 1);
 }
 
-/* The streamer heuristic, after a read of n > 0 bytes. */
-static void observe(struct engine *e, struct zc_dir *d, int64_t n, int spliced)
+/* The streamer heuristic. Promotion looks at each copy read: three in a
+ * row that fill the 16 KiB buffer (a second of silence starts the count
+ * again). Demotion looks at a turn (the reads of one wake-up until EAGAIN, a
+ * full destination or the budget), as HAProxy's does, not at each call:
+ * the last read of a busy turn is often small. */
+static void observe_read(struct engine *e, struct zc_dir *d, int64_t n)
 {
     if (e->now - d->last_read > IDLE_RESET_MS)
-        d->large = d->small = 0;
-    d->last_read = e->now;
-    if (n >= CHUNK) {
-        d->small = 0;
-        if (d->large < 255)
-            d->large++;
-    } else if (n < CHUNK / 2) {
         d->large = 0;
-        if (d->small < 255)
-            d->small++;
-    } else {
+    d->last_read = e->now;
+    if (d->mode != M_COPY)
+        return;
+    if (n < CHUNK) {
+        d->large = 0;
+    } else if (++d->large >= PROMOTE_AFTER && !d->nosplice) {
+        d->mode = M_SPLICE;
         d->large = d->small = 0;
+        BUMP(&e->c.to_splice, 1);
     }
-    if (d->mode == M_COPY) {
-        if (d->large >= PROMOTE_AFTER && !d->nosplice) {
-            d->mode = M_SPLICE;
-            d->large = 0;
-            BUMP(&e->c.to_splice, 1);
-        }
-    } else if (d->small >= DEMOTE_AFTER || (spliced && n < MIN_SPLICE)) {
+}
+
+static void observe_turn(struct engine *e, struct zc_dir *d, int64_t got, int spliced)
+{
+    if (d->mode != M_SPLICE)
+        return;
+    if (got >= CHUNK / 2)
+        d->small = 0;
+    else if (d->small < 255)
+        d->small++;
+    if (d->small >= DEMOTE_AFTER || (spliced && got < MIN_SPLICE))
         demote(e, d);
-    }
 }
 
 /* Keep bytes that are still in the engine's scratch buffer in their own. */
@@ -561,7 +566,7 @@ static int64_t dir_read(struct engine *e, struct zc_dir *d, struct zc_sock *src)
                 d->pipe = p;
                 d->pipe_len = n;
                 BUMP(&e->c.splice_reads, 1);
-                observe(e, d, n, 1);
+                observe_read(e, d, n);
                 return n;
             }
             int err = n < 0 ? errno : 0;
@@ -589,12 +594,13 @@ static int64_t dir_read(struct engine *e, struct zc_dir *d, struct zc_sock *src)
     d->off = 0;
     d->len = (uint32_t)n;
     BUMP(&e->c.copy_reads, 1);
-    observe(e, d, n, 0);
+    observe_read(e, d, n);
     return n;
 }
 
-/* Move direction i as far as it goes now. 0, or -errno: direction i failed. */
-static int dir_run(struct engine *e, struct zc_conn *c, int i, int *more)
+/* One turn of direction i: deliver, read, until it cannot go on.
+ * 0, or -errno: direction i failed. Adds what it read to *got. */
+static int dir_turn(struct engine *e, struct zc_conn *c, int i, int *more, int64_t *got, int *spliced)
 {
     struct zc_dir *d = &c->d[i];
     struct zc_sock *src = &c->s[i], *dst = &c->s[1 - i];
@@ -630,7 +636,20 @@ static int dir_run(struct engine *e, struct zc_conn *c, int i, int *more)
             if (!c->half_close)
                 c->stopping = 1;
         }
+        *got += n;
+        *spliced |= d->pipe_len > 0;
     }
+}
+
+/* Move direction i as far as it goes now. 0, or -errno: direction i failed. */
+static int dir_run(struct engine *e, struct zc_conn *c, int i, int *more)
+{
+    int64_t got = 0;
+    int spliced = 0;
+    int r = dir_turn(e, c, i, more, &got, &spliced);
+    if (got > 0)
+        observe_turn(e, &c->d[i], got, spliced);
+    return r;
 }
 
 /* Take the bytes a direction read but did not deliver (for the record). */
