@@ -99,6 +99,7 @@ struct zc_sock {
 
 struct zc_dir {
     unsigned char mode, state, large, small, nosplice;
+    int read_err;            /* an error met while topping up the pipe, for the next read */
     unsigned char *buf;      /* bytes waiting (scratch, or a malloc'd copy) */
     uint32_t off, len;
     struct zc_pipe *pipe;    /* held only while bytes are in it */
@@ -550,6 +551,11 @@ static int flush(struct engine *e, struct zc_dir *d, struct zc_sock *dst)
 static int64_t dir_read(struct engine *e, struct zc_dir *d, struct zc_sock *src)
 {
     struct zc_pool *pool = &e->hub->pool;
+    if (d->read_err) {
+        int err = d->read_err;
+        d->read_err = 0;
+        return -err;
+    }
     if (d->mode == M_SPLICE && e->now - d->last_read > IDLE_RESET_MS)
         demote(e, d);
     if (d->mode == M_SPLICE) {
@@ -561,13 +567,29 @@ static int64_t dir_read(struct engine *e, struct zc_dir *d, struct zc_sock *src)
                            SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
             while (n < 0 && errno == EINTR);
             if (n > 0) {
-                /* A short splice proves nothing (the pipe may be out of
-                 * slots): src stays readable until EAGAIN. */
+                /* Top the pipe up while bytes keep arriving (as a blocking
+                 * splice does), so that it is delivered in big pieces. An
+                 * EAGAIN here proves nothing (the pipe may be out of slots):
+                 * src stays readable until a read into an empty pipe says so. */
+                int64_t total = n;
+                while (total < pool->size) {
+                    n = splice(src->fd, NULL, p->w, NULL, (size_t)(pool->size - total),
+                               SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+                    if (n > 0) {
+                        total += n;
+                        continue;
+                    }
+                    if (n < 0 && errno == EINTR)
+                        continue;
+                    if (n < 0 && errno != EAGAIN)
+                        d->read_err = errno; /* reported by the next read */
+                    break; /* EOF: the next read sees it again */
+                }
                 d->pipe = p;
-                d->pipe_len = n;
+                d->pipe_len = total;
                 BUMP(&e->c.splice_reads, 1);
-                observe_read(e, d, n);
-                return n;
+                observe_read(e, d, total);
+                return total;
             }
             int err = n < 0 ? errno : 0;
             pool_put(pool, p, 1);
