@@ -32,7 +32,7 @@ import struct
 import threading
 import warnings
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 from ._binding import ffi, lib
 from ._errors import TransferError, transfer_error
@@ -47,7 +47,7 @@ Outcome = Tuple[Optional[Tuple[int, int]], Optional[BaseException]]
 Waiter = Callable[[Outcome], None]
 
 
-def _raise(err: int) -> None:
+def _raise(err: int) -> NoReturn:
     raise OSError(err, os.strerror(err))
 
 
@@ -67,7 +67,7 @@ def _outcome(rec: Any) -> Outcome:
     pendings = (_pending(rec, 0), _pending(rec, 1))
     d = 1 if rec.err_dir else 0
     if err == errno.ECONNABORTED:
-        message = "relay aborted: the hub was closed"
+        message = "relay aborted by close()"
     elif err == errno.ECANCELED:
         message = "relay cancelled"
     else:
@@ -101,6 +101,7 @@ class _Sink:
         if n < 0:
             _raise(-n)
         self.ptr = out[0]
+        self.pid = os.getpid()
         self.fd: int = lib.zcio_sink_fd(self.ptr)
         self.waiters: Dict[int, Waiter] = {}
         self.out = ffi.new("zcio_relay_result[]", _BATCH)
@@ -113,7 +114,9 @@ class _Sink:
 
     def release(self) -> None:
         ptr, self.ptr = self.ptr, None
-        if ptr is not None:
+        # In a forked child the parent's threads may have held its lock at
+        # fork time: leave its C side alone (a few bytes and an eventfd).
+        if ptr is not None and self.pid == os.getpid():
             lib.zcio_sink_release(ptr)
 
 
