@@ -12,9 +12,12 @@ medians of throughput and of the relay process's CPU seconds per GiB (from
 with a message; --install fetches them from Debian's packages (apt-get).
 
 Relays under test:
-- zcio: ``zcio.proxy`` (splice through pooled pipes), one thread per direction;
-- zcio proxy: the ``zcio proxy`` command (zcio.aio.proxy on asyncio, and on
-  uvloop where installed);
+- zcio proxy: the ``zcio proxy`` command on its RelayHub (C engine, one
+  thread; the baseline of the ratios);
+- zcio proxy --engine asyncio: zcio.aio.proxy on asyncio, and on uvloop
+  where installed;
+- zcio.proxy: the blocking ``zcio.proxy`` (splice through pooled pipes), one
+  thread per direction;
 - os.splice: a Python relay built on ``os.splice`` alone (same threads);
 - recv_into/sendall: a Python relay that copies through user space;
 - haproxy: ``mode tcp`` with ``option splice-request`` and
@@ -171,8 +174,9 @@ def start_relays(tmp: str, target: int) -> Dict[str, "tuple[subprocess.Popen, in
         port = free_port()
         p = subprocess.Popen([sys.executable, "-c", PY_RELAY, mode, str(port), str(target)], stdout=subprocess.DEVNULL)
         relays[label] = (p, port)
-    for flags, label in (([], "zcio proxy (asyncio)"), (["--uvloop"], "zcio proxy (uvloop)")):
-        if flags and importlib.util.find_spec("uvloop") is None:
+    for flags, label in (([], "zcio proxy (hub)"), (["--engine", "asyncio"], "zcio proxy (asyncio)"),
+                         (["--engine", "asyncio", "--uvloop"], "zcio proxy (uvloop)")):
+        if "--uvloop" in flags and importlib.util.find_spec("uvloop") is None:
             print("uvloop: not installed, 'zcio proxy --uvloop' skipped", file=sys.stderr)
             continue
         port = free_port()
@@ -253,12 +257,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                 proc.kill()
                 proc.wait()
             sink.close()
-    base = samples["zcio.proxy"]
+    base = samples["zcio proxy (hub)"]
     bz = statistics.median(s[1] for s in base)
     gz = statistics.median(s[0] for s in base)
     print(f"TCP relay, {size / (1 << 30):g} GiB a round, {rounds} rounds, medians "
           f"(CPU of the relay process; CLK_TCK={CLK})")
-    print(f"{'relay':22} {'GiB/s':>8} {'CPU s/GiB':>10} {'zcio CPU / this':>16} {'zcio GiB/s / this':>18}")
+    print(f"{'relay':22} {'GiB/s':>8} {'CPU s/GiB':>10} {'hub CPU / this':>16} {'hub GiB/s / this':>18}")
     for label, ss in samples.items():
         g = statistics.median(s[0] for s in ss)
         c = statistics.median(s[1] for s in ss)

@@ -122,9 +122,14 @@ def _wait_for(condition: Callable[[], bool]) -> None:
         time.sleep(0.001)
 
 
-def test_relay_exact_data_with_half_close_and_a_connection_bound():
+ENGINES = [pytest.param({"engine": "hub"}, id="hub"), pytest.param({"engine": "hub", "threads": 2}, id="hub-2-threads"),
+           pytest.param({"engine": "asyncio"}, id="asyncio")]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_relay_exact_data_with_half_close_and_a_connection_bound(engine):
     target = EchoUpper()
-    relay = Relay(("127.0.0.1", 0), ("127.0.0.1", target.port), max_connections=3)
+    relay = Relay(("127.0.0.1", 0), ("127.0.0.1", target.port), max_connections=3, **engine)
     stop, _ = run_relay_in_thread(relay)
     try:
         port = relay.address[1]
@@ -150,11 +155,12 @@ def test_relay_exact_data_with_half_close_and_a_connection_bound():
         target.close()
 
 
-def test_relay_drops_a_client_when_the_target_refuses():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_relay_drops_a_client_when_the_target_refuses(engine):
     with socket.create_server(("127.0.0.1", 0)) as s:
         dead_port = s.getsockname()[1]  # closed right after: nothing listens
     target = EchoUpper()
-    relay = Relay(("127.0.0.1", 0), ("127.0.0.1", dead_port))
+    relay = Relay(("127.0.0.1", 0), ("127.0.0.1", dead_port), **engine)
     stop, _ = run_relay_in_thread(relay)
     try:
         try:
@@ -165,6 +171,34 @@ def test_relay_drops_a_client_when_the_target_refuses():
         assert answer == b""
         _wait_for(lambda: relay.served == 1)
         assert relay.active == 0
+    finally:
+        stop()
+        target.close()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_target_is_resolved_at_start_and_again_after_a_failed_connect(engine, monkeypatch):
+    calls: List[int] = []
+    original = Relay._resolve
+
+    async def counting(self: Relay) -> object:
+        calls.append(1)
+        return await original(self)
+
+    monkeypatch.setattr(Relay, "_resolve", counting)
+    target = EchoUpper()
+    relay = Relay(("127.0.0.1", 0), ("127.0.0.1", target.port), **engine)
+    stop, _ = run_relay_in_thread(relay)
+    try:
+        for i in range(5):
+            assert client(relay.address[1], b"x" * i) == b"x" * i
+        assert len(calls) == 1  # not once per connection
+        target.close()  # now connects fail: the relay asks the resolver again
+        try:
+            client(relay.address[1], b"hello")
+        except OSError:
+            pass
+        _wait_for(lambda: len(calls) == 2)
     finally:
         stop()
         target.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 from ._binding import ffi as _ffi  # noqa: F401  (fails early with a clear message)
 from ._errors import TransferError, ZcioError
 from ._version import __version__
+from .hub import RelayHub
 from .lowlevel import (
     MSG_ZEROCOPY,
     SO_EE_CODE_ZEROCOPY_COPIED,
@@ -38,6 +39,7 @@ __all__ = [
     "splice_pipe",
     "tee_pipe",
     "proxy",
+    "RelayHub",
     "stats",
     "Pipe",
     "PipePool",

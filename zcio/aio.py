@@ -30,6 +30,7 @@ from ._binding import lib
 from ._errors import TransferError
 from ._transfer import Plan, Tee, Xfer
 from ._transports import detach, loop_factory, transport_sendfile
+from .hub import relay
 from .lowlevel import FdLike, _fd, _nonneg
 from .pipes import PipePool
 from .zerocopy.aio import AsyncTicket, AsyncZeroCopySender
@@ -46,6 +47,7 @@ __all__ = [
     "transport_sendfile",
     "loop_factory",
     "detach",
+    "relay",
 ]
 
 _DONE, _MORE, _WAIT = lib.ZCIO_DONE, lib.ZCIO_MORE, lib.ZCIO_WAIT

@@ -34,7 +34,7 @@ _COMMANDS: list[tuple[str, Command, str]] = [
     ("bench", bench, "measure zcio's paths against the stdlib's (the main job)"),
     ("copy", copy, "copy SRC to DST by the cheapest kernel path ('-' is stdin/stdout)"),
     ("serve", serve, "serve DIR over HTTP/1.1 (GET/HEAD, Range, keep-alive) with sendfile"),
-    ("proxy", proxy, "relay TCP connections from LISTEN to TARGET with splice"),
+    ("proxy", proxy, "relay TCP connections from LISTEN to TARGET (copy or splice, in C)"),
     ("info", info, "what this kernel and process can do (features())"),
 ]
 

@@ -23,7 +23,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", metavar="TARGET", help="host:port or port (127.0.0.1) to connect to")
     p.add_argument("--max-connections", type=positive_int, default=1000, metavar="N",
                    help="most clients relayed at once (default 1000)")
-    p.add_argument("--uvloop", action="store_true", help="run on uvloop (if installed)")
+    p.add_argument("--threads", type=positive_int, default=1, metavar="N",
+                   help="relay engine threads (default 1)")
+    p.add_argument("--engine", choices=("hub", "asyncio"), default="hub",
+                   help="hub: accept and relay in zcio's C engine (default); asyncio: on the event loop")
+    p.add_argument("--uvloop", action="store_true", help="with --engine asyncio: run on uvloop (if installed)")
     p.add_argument("-v", "--verbose", action="store_true", help="log each connection to stderr")
 
 
@@ -33,7 +37,8 @@ def _relay(args: argparse.Namespace) -> int:
     raise_fd_limit(2 * args.max_connections + 64)  # two sockets a client, pipes, the loop
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    relay = Relay(parse_address(args.listen), parse_address(args.target), max_connections=args.max_connections)
+    relay = Relay(parse_address(args.listen), parse_address(args.target), max_connections=args.max_connections,
+                  engine=args.engine, threads=args.threads, verbose=args.verbose)
 
     async def serve() -> None:
         await relay.start()

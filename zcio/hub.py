@@ -1,0 +1,664 @@
+"""zcio.RelayHub: many socket pairs relayed by a C engine, off the GIL.
+
+A hub runs one or more engine threads in C, each with its own epoll set.
+:meth:`RelayHub.relay` hands a pair of connected sockets to one of them and
+returns a :class:`concurrent.futures.Future`; ``await zcio.aio.relay(a, b)``
+awaits the same on the running event loop. The engine threads never touch
+Python: results come back through a queue in C whose eventfd wakes either a
+collector thread (for the futures of :meth:`RelayHub.relay`) or the event
+loop (one reader per loop, not one callback per I/O event).
+
+Per direction the engine copies small messages through a small buffer and
+splices streams through a pipe from the hub's bounded pool, switching both
+ways as HAProxy's splice-auto does (three reads that fill the 16 KiB buffer
+promote a direction to splice; two short reads, a splice under 4 KiB or a
+second of silence demote it). :meth:`RelayHub.stats` shows the counts.
+
+Ownership: from ``relay()`` on the hub owns both sockets: the caller's socket
+objects are detached (``fileno() == -1``) and the hub closes the fds when the
+relay ends. Dropping the objects changes nothing.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import errno
+import itertools
+import operator
+import os
+import socket
+import struct
+import threading
+import warnings
+import weakref
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
+
+from ._binding import ffi, lib
+from ._errors import TransferError, transfer_error
+from .lowlevel import _refuse_tls
+from .pipes import _default_sizing
+
+if TYPE_CHECKING:  # pragma: no cover
+    from typing_extensions import Self
+
+__all__ = ["RelayHub", "default_hub", "relay"]
+
+_BATCH = 64
+_NEG_ESHUTDOWN = -errno.ESHUTDOWN
+
+Outcome = Tuple[Optional[Tuple[int, int]], Optional[BaseException]]
+Waiter = Callable[[Outcome], None]
+
+
+def _raise(err: int) -> NoReturn:
+    raise OSError(err, os.strerror(err))
+
+
+def _pending(rec: Any, i: int) -> bytes:
+    n = int(rec.pending_len[i])
+    if n <= 0 or rec.pending[i] == ffi.NULL:
+        return b""
+    return bytes(ffi.buffer(rec.pending[i], n))
+
+
+def _outcome(rec: Any) -> Outcome:
+    """A relay record as (result, None) or (None, exception)."""
+    relayed = (int(rec.transferred[0]), int(rec.transferred[1]))
+    err = int(rec.err)
+    if err == 0:
+        return relayed, None
+    pendings = (_pending(rec, 0), _pending(rec, 1))
+    d = 1 if rec.err_dir else 0
+    if err == errno.ECONNABORTED:
+        message = "relay aborted by close()"
+    elif err == errno.ECANCELED:
+        message = "relay cancelled"
+    else:
+        message = f"relay {'b to a' if d else 'a to b'}: {os.strerror(err)}"
+    exc = transfer_error(err, relayed[d], pendings[d], message)
+    exc.relayed = relayed  # type: ignore[attr-defined]
+    exc.pendings = pendings  # type: ignore[attr-defined]
+    return None, exc
+
+
+def _collect(ptr: Any, out: Any, timeout_ms: int) -> Tuple[int, List[Any]]:
+    """Records waiting in a sink, each copied out and freed in C."""
+    n = lib.zcio_sink_collect(ptr, out, _BATCH, timeout_ms)
+    records = []
+    for i in range(max(n, 0)):
+        rec = out[i]
+        records.append(
+            (int(rec.kind), int(rec.id), _outcome(rec) if rec.kind == lib.ZCIO_REC_RELAY else None,
+             int(rec.err), bytes(ffi.buffer(rec.peer, rec.peer_len)))
+        )
+        lib.zcio_result_free(ffi.addressof(out, i))
+    return n, records
+
+
+class _Sink:
+    """A C result queue and the waiters of the relays that report to it."""
+
+    def __init__(self) -> None:
+        out = ffi.new("zcio_sink **")
+        n = lib.zcio_sink_new(out)
+        if n < 0:
+            _raise(-n)
+        self.ptr = out[0]
+        self.pid = os.getpid()
+        self.fd: int = lib.zcio_sink_fd(self.ptr)
+        self.waiters: Dict[int, Waiter] = {}
+        self.out = ffi.new("zcio_relay_result[]", _BATCH)
+
+    def dispatch(self, records: List[Any]) -> None:
+        for _, rid, outcome, _, _ in records:
+            waiter = self.waiters.pop(rid, None)
+            if waiter is not None and outcome is not None:
+                waiter(outcome)
+
+    def release(self) -> None:
+        ptr, self.ptr = self.ptr, None
+        # In a forked child the parent's threads may have held its lock at
+        # fork time: leave its C side alone (a few bytes and an eventfd).
+        if ptr is not None and self.pid == os.getpid():
+            lib.zcio_sink_release(ptr)
+
+
+class _LoopSink(_Sink):
+    """Results for one event loop: its reader on the sink's eventfd resolves
+    the loop's futures. Lives while relays of that loop are in flight."""
+
+    def __init__(self, core: "_Core", loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self.core = core
+        self.loop = loop
+        try:
+            loop.add_reader(self.fd, self.drain)
+        except BaseException:
+            self.release()
+            raise
+
+    def drain(self) -> None:
+        while self.ptr is not None:
+            n, records = _collect(self.ptr, self.out, 0)
+            self.dispatch(records)
+            if n < _BATCH:
+                break
+        if not self.waiters:
+            self.close()
+
+    def close(self) -> None:
+        if self.ptr is None:
+            return
+        with self.core.lock:
+            if self.core.loop_sinks.get(self.loop) is self:
+                del self.core.loop_sinks[self.loop]
+        if not self.loop.is_closed():
+            self.loop.remove_reader(self.fd)
+        self.release()
+
+
+class _Core:
+    """What a RelayHub's finalizer and threads hold (never the hub itself)."""
+
+    def __init__(self, ptr: Any, threads: int) -> None:
+        self.ptr = ptr
+        self.threads = threads
+        self.pid = os.getpid()
+        self.lock = threading.Lock()
+        self.close_lock = threading.Lock()
+        self.state = "open"  # open -> closing -> closed; or forked
+        self.ids = itertools.count(1)
+        self.sync: Optional[_Sink] = None
+        self.collector: Optional[threading.Thread] = None
+        self.loop_sinks: Dict[asyncio.AbstractEventLoop, _LoopSink] = {}
+        self.final_stats: Optional[Dict[str, Any]] = None
+        self.listeners: "weakref.WeakSet[_Listener]" = weakref.WeakSet()
+
+    def check_open(self) -> None:
+        if self.state == "forked" or self.pid != os.getpid():
+            raise RuntimeError("this RelayHub belongs to the parent process; create one in the child")
+        if self.state != "open":
+            raise RuntimeError("the RelayHub is closed")
+
+    # -- relays ---------------------------------------------------------
+    def submit(
+        self, a: socket.socket, b: socket.socket, half_close: bool, sink: _Sink, waiter: Waiter
+    ) -> Tuple[int, int]:
+        fa, fb = _stream_socket(a, "a"), _stream_socket(b, "b")
+        if fa == fb:
+            raise ValueError("a and b must be different sockets")
+        with self.lock:
+            self.check_open()
+            rid = next(self.ids)
+            sink.waiters[rid] = waiter
+            engine = lib.zcio_hub_relay(self.ptr, fa, fb, 1 if half_close else 0, rid, sink.ptr)
+            if engine < 0:
+                del sink.waiters[rid]
+                if engine == _NEG_ESHUTDOWN:
+                    raise RuntimeError("the RelayHub is closed")
+                _raise(-engine)
+        a.detach()  # the hub owns the fds now
+        b.detach()
+        return engine, rid
+
+    def cancel(self, engine: int, rid: int) -> None:
+        with self.lock:
+            if self.state == "open" and self.pid == os.getpid():
+                lib.zcio_hub_cancel(self.ptr, engine, rid)
+
+    def sync_sink(self) -> _Sink:
+        """The sink of RelayHub.relay()'s futures (its collector starts now)."""
+        if self.sync is None:
+            sink = _Sink()
+            thread = threading.Thread(target=self._collect, args=(sink,), name="zcio-hub-collector", daemon=True)
+            thread.start()
+            self.sync, self.collector = sink, thread
+        return self.sync
+
+    def _collect(self, sink: _Sink) -> None:
+        out = ffi.new("zcio_relay_result[]", _BATCH)
+        try:
+            while True:
+                n, records = _collect(sink.ptr, out, -1)  # blocks without the GIL
+                if n == _NEG_ESHUTDOWN:
+                    return
+                if n < 0:
+                    _raise(-n)
+                sink.dispatch(records)
+        finally:
+            sink.release()
+
+    def loop_sink(self, loop: asyncio.AbstractEventLoop) -> _LoopSink:
+        with self.lock:
+            sink = self.loop_sinks.get(loop)
+        if sink is None:
+            sink = _LoopSink(self, loop)
+            with self.lock:
+                self.loop_sinks[loop] = sink
+        return sink
+
+    # -- the rest -------------------------------------------------------
+    def stats(self) -> Dict[str, Any]:
+        with self.lock:
+            if self.final_stats is not None:
+                return self.final_stats
+            if self.state == "forked" or self.pid != os.getpid():
+                raise RuntimeError("this RelayHub belongs to the parent process")
+            s = ffi.new("zcio_hub_stats *")
+            lib.zcio_hub_get_stats(self.ptr, s)
+            per_thread = [lib.zcio_hub_thread_active(self.ptr, i) for i in range(self.threads)]
+        return {
+            "threads": s.threads,
+            "active_per_thread": per_thread,
+            "relays": {"started": s.relays_started, "active": s.relays_active,
+                       "ended": s.relays_ended, "failed": s.relays_failed},
+            "bytes": {"copy": s.bytes_copied, "splice": s.bytes_spliced},
+            "reads": {"copy": s.copy_reads, "splice": s.splice_reads},
+            "switches": {"to_splice": s.to_splice, "to_copy": s.to_copy},
+            "buffers": s.buffers,
+            "pipes": {"created": s.pipes_created, "destroyed": s.pipes_destroyed,
+                      "in_use": s.pipes_in_use, "free": s.pipes_free,
+                      "exhausted": s.pipes_exhausted, "max": s.pipes_max, "size": s.pipe_size},
+            "accepted": s.accepted,
+            "connect_failed": s.connect_failed,
+        }
+
+    def close(self) -> None:
+        with self.lock:
+            if self.state == "closing" and threading.current_thread() is self.collector:
+                return  # a future's callback: the close in progress finishes
+        with self.close_lock:  # a second close() waits for the first
+            with self.lock:
+                if self.state != "open":
+                    return
+                if self.pid != os.getpid():
+                    self.state = "forked"
+                    return
+                self.state = "closing"  # relay() refuses from now on
+            lib.zcio_hub_close(self.ptr)  # every relay ended, records posted
+            sync, collector = self.sync, self.collector
+            if sync is not None and collector is not None:
+                lib.zcio_sink_shutdown(sync.ptr)  # the collector drains, then ends
+                if collector is not threading.current_thread():
+                    collector.join()
+            for sink in list(self.loop_sinks.values()):
+                if sink.loop.is_closed():  # nobody will drain it
+                    sink.close()
+            stats = self.stats()
+            with self.lock:
+                for listener in list(self.listeners):
+                    listener.finish()
+                self.final_stats = stats
+                self.state = "closed"
+                lib.zcio_hub_free(self.ptr)
+                self.ptr = None
+
+    def forget_in_child(self) -> None:
+        # The engine threads and the parent's relays are not ours; their C
+        # state stays allocated (the C fork handler closed its fds).
+        self.state = "forked"
+        self.lock = threading.Lock()
+        self.close_lock = threading.Lock()
+        self.sync = None
+        self.collector = None
+        self.loop_sinks = {}
+
+
+def _stream_socket(sock: Any, name: str) -> int:
+    _refuse_tls(sock)
+    if not isinstance(sock, socket.socket):
+        raise TypeError(f"{name} must be a socket.socket, not {type(sock).__name__}")
+    fd = sock.fileno()
+    if fd < 0:
+        raise ValueError(f"{name} is closed")
+    if sock.type != socket.SOCK_STREAM:
+        raise ValueError(f"{name} must be a stream socket")
+    return fd
+
+
+class RelayHub:
+    """Relays many connected socket pairs on engine threads in C.
+
+    Args:
+        threads: engine threads (each with its own epoll set); a relay stays
+            on the thread it was given, round-robin. At least 1.
+
+    Raises:
+        ValueError: ``threads`` < 1.
+        OSError: the threads or their fds could not be created.
+
+    Use ``with RelayHub() as hub:`` or call :meth:`close`; a hub dropped
+    unclosed is closed (ending its relays) with a ResourceWarning, as a
+    socket is. A hub never keeps the interpreter from exiting; a forked child
+    cannot use its parent's hub (RuntimeError), and the child holds none of
+    the hub's fds.
+    """
+
+    def __init__(self, threads: int = 1) -> None:
+        threads = operator.index(threads)
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        size, most = _default_sizing()
+        out = ffi.new("zcio_hub **")
+        n = lib.zcio_hub_new(threads, size, most, out)
+        if n < 0:
+            _raise(-n)
+        self._core = _Core(out[0], threads)
+        _cores.add(self._core)
+        self._finalizer = weakref.finalize(self, _dropped, self._core, repr(self))
+        self._finalizer.atexit = False
+
+    @property
+    def threads(self) -> int:
+        """The number of engine threads."""
+        return self._core.threads
+
+    @property
+    def closed(self) -> bool:
+        return self._core.state != "open"
+
+    def relay(
+        self, a: socket.socket, b: socket.socket, *, half_close: bool = True
+    ) -> "concurrent.futures.Future[Tuple[int, int]]":
+        """Relay bytes both ways between two connected stream sockets.
+
+        The hub takes both sockets (they are detached: ``fileno() == -1``)
+        and closes them when the relay ends. Blocking or not, they are made
+        non-blocking; TCP sockets get TCP_NODELAY (a relay forwards each
+        message as it comes).
+
+        Args:
+            a, b: connected ``socket.socket`` objects of type SOCK_STREAM.
+            half_close: EOF from one side shuts down the write side of the
+                other, and the relay ends when both directions reached EOF.
+                False: the first EOF ends the relay (bytes already read are
+                delivered first).
+
+        Returns:
+            A future (already running; it cannot be cancelled) of
+            ``(a_to_b, b_to_a)``, the bytes delivered each way. It fails with
+            a :class:`zcio.TransferError` when a direction fails (a reset):
+            ``transferred`` and ``pending`` are the failed direction's, and
+            ``relayed`` / ``pendings`` hold both directions' counts and
+            undelivered bytes. :meth:`close` fails it with
+            ConnectionAbortedError (also a TransferError).
+
+        Raises:
+            TypeError: a TLS socket (zcio never relays around TLS), or not a
+                socket. Nothing is taken.
+            ValueError: a closed or non-stream socket, or ``a is b``.
+            RuntimeError: the hub is closed, or belongs to the parent process.
+        """
+        core = self._core
+        fut: "concurrent.futures.Future[Tuple[int, int]]" = concurrent.futures.Future()
+        fut.set_running_or_notify_cancel()
+
+        def done(outcome: Outcome) -> None:
+            result, exc = outcome
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)  # type: ignore[arg-type]
+
+        with core.lock:
+            core.check_open()
+            sink = core.sync_sink()
+        core.submit(a, b, half_close, sink, done)
+        return fut
+
+    async def _relay_async(self, a: socket.socket, b: socket.socket, half_close: bool) -> Tuple[int, int]:
+        core = self._core
+        loop = asyncio.get_running_loop()
+        with core.lock:
+            core.check_open()
+        sink = core.loop_sink(loop)
+        fut: "asyncio.Future[Tuple[int, int]]" = loop.create_future()
+
+        def done(outcome: Outcome) -> None:
+            result, exc = outcome
+            if fut.done():
+                return
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)  # type: ignore[arg-type]
+
+        try:
+            engine, rid = core.submit(a, b, half_close, sink, done)
+        except BaseException:
+            if not sink.waiters:
+                sink.close()
+            raise
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError as cancelled:
+            # End the relay, then report where its bytes went (as aio.proxy).
+            core.cancel(engine, rid)
+            try:
+                result = await fut
+                transferred, pending = result, (b"", b"")
+            except TransferError as exc:
+                transferred = exc.relayed  # type: ignore[attr-defined]
+                pending = exc.pendings  # type: ignore[attr-defined]
+            cancelled.transferred = transferred  # type: ignore[attr-defined]
+            cancelled.pending = pending  # type: ignore[attr-defined]
+            raise
+
+    def stats(self) -> Dict[str, Any]:
+        """Counters of this hub (like HAProxy's ``show info``).
+
+        Returns:
+            ``relays`` (started, active, ended by EOF, failed), ``bytes``
+            delivered by method (``copy``, ``splice``), ``reads`` by method,
+            ``switches`` (``to_splice``, ``to_copy``), ``buffers`` (copy
+            buffers held now), ``pipes`` (created, destroyed, in_use, free,
+            exhausted, max, size), ``accepted`` and ``connect_failed`` (for
+            listeners), ``threads`` and ``active_per_thread`` (relays each
+            engine thread holds now). After close(), the final counts.
+        """
+        return self._core.stats()
+
+    def close(self) -> None:
+        """End every relay and stop the engine threads.
+
+        Relays in flight fail with ConnectionAbortedError (a TransferError
+        with their accounting); both peers of each see the connection end.
+        Returns once they have (and every future of :meth:`relay` is
+        resolved). Idempotent; :meth:`relay` afterwards raises RuntimeError.
+        """
+        self._core.close()
+
+    def _listen(self, listeners: Sequence[socket.socket], target: Tuple[int, Any], *, max_connections: int,
+                connect_timeout: float, verbose: bool = False) -> "_Listener":
+        """Accept on ``listeners`` and relay each client to ``target`` (family,
+        address tuple), all in the engine (used by ``zcio proxy``). One
+        listening socket is shared by every engine thread; several (bound
+        with SO_REUSEPORT) are dealt out, one per thread."""
+        return _Listener(self._core, listeners, target, max_connections, connect_timeout, verbose)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<zcio.RelayHub threads={self.threads} state={self._core.state}>"
+
+
+def sockaddr(family: int, address: Any) -> bytes:
+    """The C ``struct sockaddr`` bytes of an AF_INET / AF_INET6 address tuple."""
+    if family == socket.AF_INET:
+        host, port = address[:2]
+        return struct.pack("=H", family) + struct.pack("!H", port) + socket.inet_pton(family, host) + bytes(8)
+    if family == socket.AF_INET6:
+        host, port = address[:2]
+        flow = address[2] if len(address) > 2 else 0
+        scope = address[3] if len(address) > 3 else 0
+        return (struct.pack("=H", family) + struct.pack("!HI", port, flow)
+                + socket.inet_pton(family, host.split("%")[0]) + struct.pack("=I", scope))
+    raise ValueError(f"unsupported address family {family}")
+
+
+def _peer(raw: bytes) -> Optional[Tuple[str, int]]:
+    if len(raw) >= 8:
+        family = struct.unpack("=H", raw[:2])[0]
+        port = struct.unpack("!H", raw[2:4])[0]
+        if family == socket.AF_INET:
+            return socket.inet_ntop(family, raw[4:8]), port
+        if family == socket.AF_INET6 and len(raw) >= 24:
+            return socket.inet_ntop(family, raw[8:24]), port
+    return None
+
+
+class _Listener:
+    """A listening socket whose clients the hub accepts, connects to a target
+    and relays, with no Python per connection. ``fileno()`` is an eventfd
+    that becomes readable when :meth:`records` has something."""
+
+    def __init__(self, core: _Core, listeners: Sequence[socket.socket], target: Tuple[int, Any],
+                 max_connections: int, connect_timeout: float, verbose: bool) -> None:
+        if not listeners:
+            raise ValueError("no listening socket")
+        self.core = core
+        self.sink = _Sink()
+        addr = sockaddr(*target)
+        fds = ffi.new("int[]", [s.fileno() for s in listeners])
+        out = ffi.new("zcio_listener **")
+        with core.lock:
+            try:
+                core.check_open()
+                n = lib.zcio_hub_listen(core.ptr, fds, len(listeners), addr, len(addr), max_connections,
+                                        int(connect_timeout * 1000), self.sink.ptr, 1 if verbose else 0, out)
+                if n < 0:
+                    _raise(-n)
+            except BaseException:
+                self.sink.release()
+                raise
+        for listener in listeners:
+            listener.detach()
+        self.ptr = out[0]
+        self.closed = False
+        self.final: Dict[str, int] = {}
+        core.listeners.add(self)
+
+    def fileno(self) -> int:
+        return self.sink.fd
+
+    def records(self) -> List[Tuple[str, Any]]:
+        """``("connect_failed", errno)`` and, when verbose, ``("relay",
+        (peer, up, down, error or None))`` for each relay that ended."""
+        out: List[Tuple[str, Any]] = []
+        while self.sink.ptr is not None:
+            n, records = _collect(self.sink.ptr, self.sink.out, 0)
+            for kind, _, outcome, err, peer in records:
+                if kind == lib.ZCIO_REC_CONNECT_FAILED:
+                    out.append(("connect_failed", err))
+                elif outcome is not None:
+                    result, exc = outcome
+                    if result is not None:
+                        out.append(("relay", (_peer(peer), result[0], result[1], None)))
+                    else:
+                        up, down = exc.relayed
+                        out.append(("relay", (_peer(peer), up, down, exc)))
+            if n < _BATCH:
+                break
+        return out
+
+    def set_target(self, target: Tuple[int, Any]) -> None:
+        """Connect new clients to ``target`` (family, address tuple) from now on."""
+        addr = sockaddr(*target)
+        with self.core.lock:
+            if self.core.state == "open" and not self.closed:
+                n = lib.zcio_listener_target(self.ptr, addr, len(addr))
+                if n < 0:
+                    _raise(-n)
+
+    def _read_stats(self) -> Dict[str, int]:
+        s = ffi.new("zcio_listener_stats *")
+        lib.zcio_listener_get_stats(self.ptr, s)
+        return {"accepted": s.accepted, "active": s.active, "peak": s.peak, "served": s.served,
+                "bytes_up": s.bytes_up, "bytes_down": s.bytes_down, "connect_failed": s.connect_failed}
+
+    def stats(self) -> Dict[str, int]:
+        """accepted, active, peak, served, bytes_up, bytes_down, connect_failed."""
+        with self.core.lock:
+            if self.closed or self.core.ptr is None or self.core.pid != os.getpid():
+                return dict(self.final)
+            return self._read_stats()
+
+    def finish(self) -> None:
+        """Keep the final counts (the hub's lock is held; the hub closed it)."""
+        if not self.closed:
+            self.closed = True
+            self.final = self._read_stats()
+
+    def close(self) -> None:
+        """Stop accepting and end this listener's relays (returns once done)."""
+        with self.core.lock:
+            if not self.closed and self.core.ptr is not None and self.core.pid == os.getpid():
+                lib.zcio_listener_close(self.ptr)  # waits for the engines, without the GIL
+                self.finish()
+            self.closed = True
+        self.sink.release()
+
+
+def _dropped(core: _Core, name: str) -> None:
+    if core.state == "open" and core.pid == os.getpid():
+        warnings.warn(f"unclosed {name}", ResourceWarning, stacklevel=2)
+    core.close()
+
+
+_cores: "weakref.WeakSet[_Core]" = weakref.WeakSet()
+_default: Optional[RelayHub] = None
+_default_lock = threading.Lock()
+
+
+def default_hub() -> RelayHub:
+    """The process-wide hub that :func:`zcio.aio.relay` uses when given none.
+
+    Created on first use (one engine thread), and again after it was closed
+    or in a forked child.
+    """
+    global _default
+    with _default_lock:
+        if _default is None or _default.closed:
+            _default = RelayHub()
+        return _default
+
+
+def _forget_in_child() -> None:
+    global _default, _default_lock
+    _default = None
+    _default_lock = threading.Lock()
+    for core in list(_cores):
+        core.forget_in_child()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
+async def relay(
+    a: socket.socket, b: socket.socket, *, hub: Optional[RelayHub] = None, half_close: bool = True
+) -> Tuple[int, int]:
+    """Relay both ways between two connected sockets on a hub; await the end.
+
+    What :meth:`RelayHub.relay` does, awaited on the running event loop (the
+    stdlib's or uvloop): the hub wakes the loop through one eventfd per loop,
+    not once per I/O event, and the loop does no work while bytes move.
+
+    Args:
+        a, b: connected stream sockets; the hub takes them (see RelayHub.relay).
+        hub: the hub to use; None: :func:`default_hub`.
+        half_close: as in :meth:`RelayHub.relay`.
+
+    Returns:
+        ``(a_to_b, b_to_a)``.
+
+    Raises:
+        TransferError: a direction failed (see :meth:`RelayHub.relay`).
+        asyncio.CancelledError: the relay was ended and both sockets closed;
+            the exception's ``transferred`` and ``pending`` are tuples of the
+            two directions' counts and undelivered bytes (as aio.proxy's).
+    """
+    return await (default_hub() if hub is None else hub)._relay_async(a, b, half_close)
