@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import zcio
-from zcio import _transfer, aio
+from zcio import _tee, _transfer, aio
 from zcio._transfer import COPY_FILE_RANGE, PIPE, RW, SENDFILE, SPLICE, Plan, Xfer
 
 from test_streams import JOIN, Thread, payload, read_all
@@ -719,7 +719,7 @@ def test_sparse_round_trip(tmp_path, layout, offset, count, old, at, path):
 
 def test_tee_set_up_takes_both_pipes_or_neither(monkeypatch, tmp_path):
     made: List[zcio.Pipe] = []
-    real = _transfer.Pipe
+    real = _tee.Pipe
 
     def second_fails() -> zcio.Pipe:
         if made:
@@ -727,7 +727,7 @@ def test_tee_set_up_takes_both_pipes_or_neither(monkeypatch, tmp_path):
         made.append(real())
         return made[-1]
 
-    monkeypatch.setattr(_transfer, "Pipe", second_fails)
+    monkeypatch.setattr(_tee, "Pipe", second_fails)
     r, w = os.pipe()
     with open(tmp_path / "m", "wb") as m, open(os.devnull, "wb") as out:
         try:

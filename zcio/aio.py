@@ -28,7 +28,8 @@ from typing import IO, Any, Callable, Dict, List, Optional, Tuple, Union
 
 from ._binding import lib
 from ._errors import TransferError
-from ._transfer import Plan, Tee, Xfer
+from ._tee import Tee
+from ._transfer import Plan, Xfer
 from ._transports import detach, loop_factory, transport_sendfile
 from .hub import relay
 from .lowlevel import FdLike, _fd, _nonneg

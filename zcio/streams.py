@@ -27,7 +27,8 @@ from typing import Any
 from . import _stats
 from ._binding import lib
 from ._errors import TransferError, transfer_timeout
-from ._transfer import Plan, Progress, Tee, Xfer
+from ._tee import Tee
+from ._transfer import Plan, Progress, Xfer
 from .lowlevel import FdLike, _fd, _poll_fd
 from .pipes import PipePool
 
