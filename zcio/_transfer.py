@@ -226,6 +226,63 @@ def require_nonblocking(obj: Any, fd: int, kind: str, name: str) -> None:
         raise ValueError(f"{name} must be non-blocking (call setblocking(False) or os.set_blocking)")
 
 
+class Borrowed:
+    """What a transfer changed on the caller's objects, and how to put it
+    back. Each record is made before the change it undoes (trio's
+    ``_FdHolder`` idea), so :meth:`give_back` undoes exactly what was done.
+
+    Attributes:
+        blocking: fds switched to non-blocking, to switch back.
+        reader: a seekable buffered reader, ``seek()``-ed to where src stopped.
+        src_home: src's position to put back (-1: where the transfer stopped),
+            when the transfer walked src by explicit offsets.
+        writer: a seekable buffered writer, resynced to its fd's position.
+    """
+
+    __slots__ = ("blocking", "reader", "src_home", "writer")
+
+    def __init__(self) -> None:
+        self.blocking: list[int] = []
+        self.reader: Any = None
+        self.src_home: int | None = None
+        self.writer: Any = None
+
+    def make_nonblocking(self, fd: int) -> None:
+        """Switch a blocking ``fd`` to non-blocking, recorded first
+        (restoring "blocking" to an fd that was blocking is harmless)."""
+        if fd not in self.blocking and os.get_blocking(fd):
+            self.blocking.append(fd)
+            os.set_blocking(fd, False)
+
+    def give_back(self, src: int, dst: int, src_off: int) -> None:
+        """Undo every record, each whatever the others do (the first error
+        is raised after all of them ran). Nested rather than an ExitStack:
+        this runs once per call, and a served file's small slices are many
+        calls."""
+        try:
+            if self.reader is not None:
+                self.reader.seek(src_off)
+            elif self.src_home is not None:
+                os.lseek(src, src_off if self.src_home < 0 else self.src_home, os.SEEK_SET)
+        finally:
+            try:
+                if self.blocking:
+                    self._restore_blocking()
+            finally:
+                if self.writer is not None:
+                    self.writer.seek(os.lseek(dst, 0, os.SEEK_CUR))
+
+    def _restore_blocking(self) -> None:
+        failed: BaseException | None = None
+        for fd in self.blocking:
+            try:
+                os.set_blocking(fd, True)
+            except OSError as exc:  # the others are still put back
+                failed = failed or exc
+        if failed is not None:
+            raise failed
+
+
 class Xfer:
     """One transfer, from set-up to tear-down (see the module's docstring).
 
@@ -269,10 +326,7 @@ class Xfer:
         self.method = 0
         self.head = b""  # an unseekable buffered reader's bytes, delivered first
         self.prefix = 0  # bytes of head delivered
-        self.restore: list[int] = []  # fds to switch back to blocking
-        self.seek_src: Any = None  # a seekable buffered reader: seek()-ed to the true end
-        self.src_home: int | None = None  # src's position to put back (-1: where we stopped)
-        self.dst_obj: Any = None  # a seekable buffered writer: resynced to the fd's position
+        self.borrowed = Borrowed()  # the caller's state changed for the call
         self.plan: Plan | None = None
         try:
             self._set_up(src, dst, count, offset, nonblocking, loop, plan)
@@ -319,17 +373,13 @@ class Xfer:
         if dst_obj is not None and hasattr(dst_obj, "flush") and not isinstance(dst_obj, socket.socket):
             dst_obj.flush()
             if _is_buffered(dst_obj) and dst_obj.seekable():
-                self.dst_obj = dst_obj
+                self.borrowed.writer = dst_obj
 
-        # 3. Blocking fds made non-blocking for the call; each recorded first
-        #    (restoring "blocking" to an fd that was blocking is harmless).
+        # 3. Blocking fds made non-blocking for the call.
         if nonblocking != "none":
             for fd, kind in ((src_fd, plan.src_kind), (dst_fd, plan.dst_kind)):
-                if fd in self.restore or (nonblocking == "streams" and kind not in _WAITABLE):
-                    continue
-                if os.get_blocking(fd):
-                    self.restore.append(fd)
-                    os.set_blocking(fd, False)
+                if nonblocking == "all" or kind in _WAITABLE:
+                    self.borrowed.make_nonblocking(fd)
 
         # 4. The first path: it may take a pipe from the pool.
         if plan.append:
@@ -344,7 +394,7 @@ class Xfer:
         x.remaining = -1 if count is None else count
         if offset is None and src_obj is not None and _is_buffered(src_obj) and src_obj.seekable():
             x.src_off = offset = src_obj.tell()  # not the raw fd's position
-            self.seek_src = src_obj
+            self.borrowed.reader = src_obj
         if plan.sparse:
             self._set_up_sparse()
 
@@ -363,13 +413,13 @@ class Xfer:
         st = os.fstat(x.dst)
         if not stat.S_ISREG(st.st_mode):  # a stale plan
             return
-        if self.seek_src is None:
+        if self.borrowed.reader is None:
             here = os.lseek(x.src, 0, os.SEEK_CUR)
             if x.src_off < 0:
                 x.src_off = here
-                self.src_home = -1  # put back where the transfer stops
+                self.borrowed.src_home = -1  # put back where the transfer stops
             else:
-                self.src_home = here  # an offset leaves the position alone
+                self.borrowed.src_home = here  # an offset leaves the position alone
         x.dst_pos = os.lseek(x.dst, 0, os.SEEK_CUR)
         x.dst_keep = st.st_size
         x.data_end = -1  # look the first extent up
@@ -486,27 +536,6 @@ class Xfer:
             assert self.pool is not None
             self.pool.release(pipe)  # destroyed if it still holds bytes
 
-    def _put_src_back(self) -> None:
-        x = self.x
-        if self.seek_src is not None:
-            self.seek_src.seek(int(x.src_off))
-        elif self.src_home is not None:
-            os.lseek(x.src, int(x.src_off) if self.src_home < 0 else self.src_home, os.SEEK_SET)
-
-    def _resync_dst(self) -> None:
-        if self.dst_obj is not None:
-            self.dst_obj.seek(os.lseek(self.x.dst, 0, os.SEEK_CUR))
-
-    def _restore_blocking(self) -> None:
-        failed: BaseException | None = None
-        for fd in self.restore:
-            try:
-                os.set_blocking(fd, True)
-            except OSError as exc:  # the others are still put back
-                failed = failed or exc
-        if failed is not None:
-            raise failed
-
     def close(self) -> None:
         """Undo what set-up recorded, every step whatever the others do: the
         pipe back to its pool, src's position, the fds' blocking modes, a
@@ -521,22 +550,11 @@ class Xfer:
             _stats.count_path(PATH_NAMES.get(self.method, "?"), int(x.transferred) - holes, int(x.calls))
             if holes:
                 _stats.count_path("holes", holes, 0)
-        # Nested rather than an ExitStack: this runs once per call, and a
-        # served file's small slices are many calls.
         try:
             if self.pipe is not None:
                 self._release_pipe()
         finally:
-            try:
-                if self.seek_src is not None or self.src_home is not None:
-                    self._put_src_back()
-            finally:
-                try:
-                    if self.restore:
-                        self._restore_blocking()
-                finally:
-                    if self.dst_obj is not None:
-                        self._resync_dst()
+            self.borrowed.give_back(x.src, x.dst, int(x.src_off))
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
         if getattr(self, "_closed", True):
