@@ -1,7 +1,6 @@
 """The zcio command line: a thin client of the API, with one-line errors."""
 from __future__ import annotations
 
-import ast
 import io
 import json
 import os
@@ -497,52 +496,6 @@ def test_plot_draws_a_png(tmp_path):
 
 
 # ------------------------------------------------------------ the rooms
-
-ROOT = pathlib.Path(zcio.__file__).parent
-
-
-def _module(path: pathlib.Path) -> str:
-    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def _imports(path: pathlib.Path) -> set[str]:
-    """The zcio modules ``path`` imports (``from . import x`` names both the
-    package and x)."""
-    me = _module(path)
-    package = me if path.name == "__init__.py" else me.rpartition(".")[0]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")
-                base = base[: len(base) - node.level + 1]
-                module = ".".join(base + ([node.module] if node.module else []))
-            else:
-                module = node.module or ""
-            found.add(module)
-            found.update(f"{module}.{a.name}" for a in node.names)
-    return {m for m in found if m == "zcio" or m.startswith("zcio.")}
-
-
-def _in(module: str, room: str) -> bool:
-    return module == room or module.startswith(room + ".")
-
-
-def test_nothing_in_the_library_imports_the_cli_or_the_bench():
-    graph = {_module(p): _imports(p) for p in ROOT.rglob("*.py")}
-    assert "zcio.cli" in graph and "zcio.bench.harness" in graph
-    for module, imported in graph.items():
-        if _in(module, "zcio.cli") or module == "zcio.__main__":
-            continue
-        assert not {m for m in imported if _in(m, "zcio.cli")}, module
-        if not _in(module, "zcio.bench"):
-            assert not {m for m in imported if _in(m, "zcio.bench")}, module
-    # the harness knows nothing of zcio; the bench never reaches for the cli
-    assert graph["zcio.bench.harness"] == set()
-    assert not {m for b in graph if _in(b, "zcio.bench") for m in graph[b] if _in(m, "zcio.cli")}
 
 
 def test_importing_the_library_loads_no_cli():

@@ -11,10 +11,9 @@ import select
 import signal
 import socket
 import struct
-import threading
 import warnings
 from contextlib import ExitStack, contextmanager
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Tuple
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -738,29 +737,3 @@ def test_tee_set_up_takes_both_pipes_or_neither(monkeypatch, tmp_path):
             os.close(w)
     assert info.value.errno == errno.EMFILE
     assert made[0].closed
-
-
-# ------------------------------------------------------------ the import graph
-
-LEAVES = {"_binding": {"_version", "_zcio"}, "_errors": set(), "_stats": set(), "_version": set()}
-
-
-@pytest.mark.parametrize("leaf", sorted(LEAVES))
-def test_leaves_import_nothing_above_them(leaf):
-    """_binding, _errors, _stats and _version are the bottom of the package:
-    what they import of zcio is other leaves (and the compiled extension),
-    never a module above."""
-    import ast
-
-    path = os.path.join(os.path.dirname(zcio.__file__), f"{leaf}.py")
-    with open(path, encoding="utf-8") as f:
-        tree = ast.parse(f.read())
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level:
-            imported.add((node.module or "").split(".")[0] or "(package)")
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("zcio"):
-            imported.add(node.module)  # type: ignore[arg-type]
-        elif isinstance(node, ast.Import):
-            imported.update(a.name for a in node.names if a.name.startswith("zcio"))
-    assert imported <= LEAVES[leaf], f"{leaf} imports {sorted(imported - LEAVES[leaf])}"

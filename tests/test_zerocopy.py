@@ -8,12 +8,10 @@ then stays queued, its completion cannot come, and the pin must hold.
 """
 from __future__ import annotations
 
-import ast
 import asyncio
 import errno
 import gc
 import os
-import pathlib
 import random
 import select
 import socket
@@ -21,7 +19,7 @@ import subprocess
 import sys
 import threading
 import zlib
-from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 from hypothesis import given, settings
@@ -1302,73 +1300,3 @@ def test_locked_memory_limit_enobufs_and_mlock_error(tmp_path: Any) -> None:
     assert out["auto"]["policy_switched_off"] and out["auto"]["switch_reason"] == "enobufs"
     assert out["auto"]["enobufs"] == zc.AUTO_ENOBUFS_LIMIT
     assert out["exact"]
-
-
-# ---------------------------------------------------------------- import graph
-
-MINE = ("zcio._tickets", "zcio.zerocopy")
-
-
-def _import_graph() -> Dict[str, Set[str]]:
-    """zcio's modules and the zcio modules each imports (at any depth of the
-    file, but not under ``if TYPE_CHECKING:``; parent packages left out, as
-    they are imported first anyway)."""
-    root = pathlib.Path(zcio.__file__).resolve().parent
-    paths: Dict[str, pathlib.Path] = {}
-    for path in root.rglob("*.py"):
-        parts = list(path.relative_to(root.parent).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts.pop()
-        paths[".".join(parts)] = path
-    graph: Dict[str, Set[str]] = {}
-    for name, path in paths.items():
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        hidden = {
-            id(n)
-            for node in ast.walk(tree)
-            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.dump(node.test)
-            for n in ast.walk(node)
-        }
-        deps: Set[str] = set()
-        for node in ast.walk(tree):
-            if id(node) in hidden:
-                continue
-            if isinstance(node, ast.Import):
-                targets = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    base = ".".join(up + ([node.module] if node.module else []))
-                subs = [f"{base}.{alias.name}" for alias in node.names]
-                targets = [t for t in subs if t in paths] or [base]
-            else:
-                continue
-            deps.update(t for t in targets if t in paths and t != name and not name.startswith(t + "."))
-        graph[name] = deps
-    return graph
-
-
-def _reach(graph: Dict[str, Set[str]], start: str) -> Set[str]:
-    seen: Set[str] = set()
-    todo = [start]
-    while todo:
-        for dep in graph[todo.pop()]:
-            if dep not in seen:
-                seen.add(dep)
-                todo.append(dep)
-    return seen
-
-
-def test_no_import_cycle_through_tickets_or_zerocopy() -> None:
-    graph = _import_graph()
-    mine = [m for m in graph if m.startswith(MINE)]
-    assert "zcio.zerocopy._step" in mine and "zcio._tickets" in mine
-    for module in mine:
-        assert module not in _reach(graph, module), f"{module} imports itself through a cycle"
-    assert graph["zcio._tickets"] <= {"zcio._binding"}
-    # pipes and zero-copy meet only through the ticket base
-    assert not any(m.startswith("zcio.zerocopy") for m in _reach(graph, "zcio.pipes"))
-    for module in mine:
-        assert "zcio.pipes" not in _reach(graph, module), module
