@@ -1,15 +1,39 @@
 """Process-wide counters behind zcio.stats() (like HAProxy's ``show info``).
 
 Updated once per transfer (not per chunk), under a lock. A leaf: it imports
-nothing of zcio. Modules above it that keep live gauges (the pipe pools'
-pipes in use and free) register a function that reads them with
-:func:`add_gauges`, and :func:`snapshot` adds what it returns.
+nothing of zcio. The pipe pools' live gauges (pipes in use and free) are read
+through a function that :mod:`zcio.pipes` registers with
+:func:`set_pipe_gauges`.
 """
 from __future__ import annotations
 
 import threading
 from collections import Counter
-from typing import Any, Callable
+from typing import Callable, Dict, Tuple, TypedDict
+
+
+class PipeCounts(TypedDict):
+    """``stats()["pipes"]``: pipes created and destroyed by pools, times a
+    pool was exhausted, and pipes in use and free now (every live pool)."""
+
+    created: int
+    destroyed: int
+    exhausted: int
+    in_use: int
+    free: int
+
+
+class Stats(TypedDict):
+    """What ``zcio.stats()`` returns: bytes and calls per path (``holes``:
+    bytes of holes kept, not moved), fallbacks by reason, transfers by
+    outcome (completed, failed, interrupted), and the pipes."""
+
+    bytes: Dict[str, int]
+    calls: Dict[str, int]
+    fallbacks: Dict[str, int]
+    transfers: Dict[str, int]
+    pipes: PipeCounts
+
 
 _lock = threading.Lock()
 _bytes: Counter[str] = Counter()
@@ -17,7 +41,13 @@ _calls: Counter[str] = Counter()
 _fallbacks: Counter[str] = Counter()
 _pipes: Counter[str] = Counter()
 _transfers: Counter[str] = Counter()
-_gauges: dict[str, Callable[[], dict[str, int]]] = {}
+
+
+def _no_pipes() -> Tuple[int, int]:
+    return 0, 0
+
+
+_pipe_gauges: Callable[[], Tuple[int, int]] = _no_pipes
 
 
 def count_path(path: str, nbytes: int, calls: int) -> None:
@@ -41,31 +71,23 @@ def count_transfer(outcome: str) -> None:
         _transfers[outcome] += 1
 
 
-def add_gauges(section: str, read: Callable[[], dict[str, int]]) -> None:
-    """Have :func:`snapshot` add ``read()`` to its ``section`` (e.g. "pipes").
+def set_pipe_gauges(read: Callable[[], Tuple[int, int]]) -> None:
+    """Have :func:`snapshot` read pipes ``(in_use, free)`` with ``read()``,
+    outside the counters' lock, once per snapshot."""
+    global _pipe_gauges
+    _pipe_gauges = read
 
-    ``read`` is called outside the counters' lock, once per snapshot.
-    """
+
+def snapshot() -> Stats:
+    """The counters now, and the pipe gauges."""
     with _lock:
-        _gauges[section] = read
-
-
-def snapshot() -> dict[str, Any]:
-    """The counters now, plus the registered gauges."""
-    with _lock:
-        gauges = list(_gauges.items())
-        pipes: dict[str, int] = {
-            "created": _pipes["created"],
-            "destroyed": _pipes["destroyed"],
-            "exhausted": _pipes["exhausted"],
-        }
-        out: dict[str, Any] = {
-            "bytes": dict(_bytes),
-            "calls": dict(_calls),
-            "fallbacks": dict(_fallbacks),
-            "transfers": dict(_transfers),
-        }
-    out["pipes"] = pipes
-    for section, read in gauges:
-        out.setdefault(section, {}).update(read())
-    return out
+        counters = (dict(_bytes), dict(_calls), dict(_fallbacks), dict(_transfers))
+        created, destroyed, exhausted = _pipes["created"], _pipes["destroyed"], _pipes["exhausted"]
+    in_use, free = _pipe_gauges()
+    return Stats(
+        bytes=counters[0],
+        calls=counters[1],
+        fallbacks=counters[2],
+        transfers=counters[3],
+        pipes=PipeCounts(created=created, destroyed=destroyed, exhausted=exhausted, in_use=in_use, free=free),
+    )

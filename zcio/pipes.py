@@ -547,10 +547,10 @@ def _forget_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_in_child)
 
 
-def pool_gauges() -> "dict[str, int]":
+def pool_gauges() -> "tuple[int, int]":
     """Pipes in use and free, over every live pool (for zcio.stats())."""
     pools = list(_pools)
-    return {"in_use": sum(p.in_use for p in pools), "free": sum(p.free for p in pools)}
+    return sum(p.in_use for p in pools), sum(p.free for p in pools)
 
 
-_stats.add_gauges("pipes", pool_gauges)
+_stats.set_pipe_gauges(pool_gauges)

@@ -39,7 +39,7 @@ _SLICE_MS = 50
 _UNLIMITED = 1 << 62
 
 
-def stats() -> dict[str, Any]:
+def stats() -> _stats.Stats:
     """Process-wide counters: bytes and calls per path, fallbacks by reason,
     transfers by outcome, and pipes (created, destroyed, exhausted, in use,
     free)."""
