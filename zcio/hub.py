@@ -20,8 +20,6 @@ relay ends. Dropping the objects changes nothing.
 """
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import errno
 import itertools
 import operator
@@ -39,6 +37,9 @@ from .lowlevel import _refuse_tls
 from .pipes import _default_sizing
 
 if TYPE_CHECKING:  # pragma: no cover
+    import asyncio
+    import concurrent.futures
+
     from typing_extensions import Self
 
 __all__ = ["RelayHub", "default_hub", "relay"]
@@ -390,6 +391,8 @@ class RelayHub:
             RuntimeError: the hub is closed, or belongs to the parent process.
         """
         core = self._core
+        import concurrent.futures  # here, not at import: `import zcio` stays light
+
         fut: "concurrent.futures.Future[Tuple[int, int]]" = concurrent.futures.Future()
         fut.set_running_or_notify_cancel()
 
@@ -407,6 +410,8 @@ class RelayHub:
         return fut
 
     async def _relay_async(self, a: socket.socket, b: socket.socket, half_close: bool) -> Tuple[int, int]:
+        import asyncio  # loaded already: this runs on a loop
+
         core = self._core
         loop = asyncio.get_running_loop()
         with core.lock:
