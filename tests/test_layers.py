@@ -124,3 +124,14 @@ def test_nothing_in_the_library_imports_the_top_rooms(room):
 
 def test_the_bench_harness_knows_nothing_of_zcio():
     assert GRAPH["zcio.bench.harness"] == set()
+
+
+def test_import_zcio_stays_light():
+    """``import zcio`` (every command's start-up) loads no event loop, no
+    executor and no TLS: those come with the parts that use them."""
+    import subprocess
+    import sys
+
+    code = "import sys, zcio; print(sorted(m for m in ('asyncio', 'concurrent.futures', 'ssl') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
