@@ -9,7 +9,7 @@ import socket
 from typing import Any
 
 from ._errors import TransferError, transfer_error
-from ._transfer import FALLBACK_ERRNOS, _is_buffered, _take_buffered, resolve
+from ._transfer import FALLBACK_ERRNOS, Plan, _is_buffered, _take_buffered, resolve
 from .lowlevel import SPLICE_F_NONBLOCK, FdLike, _nonneg, splice, tee
 from .pipes import Pipe, default_pool
 
@@ -45,6 +45,10 @@ class Tee:
             for obj in (dst_obj, mirror_obj):
                 if obj is not None and hasattr(obj, "flush") and not isinstance(obj, socket.socket):
                     obj.flush()
+            # Each chunk is delivered by a transfer out of a pipe: the two
+            # plans are made once, not per chunk.
+            self.to_mirror = Plan.probe(self.copy.r, self.mirror)
+            self.to_dst = Plan.probe(self.main.r, self.dst)
             made.pop_all()
         for p in (self.main, self.copy):
             try:

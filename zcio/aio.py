@@ -366,8 +366,8 @@ async def tee_pipe(src: FdLike, dst: FdLike, mirror: FdLike, count: Optional[int
             if n == 0:
                 return t.total
             t.duplicate(n)
-            await splice_pipe(t.copy.r, t.mirror, n)
-            delivery = Transfer(t.main.r, t.dst, n)
+            await splice_pipe(t.copy.r, t.mirror, n, plan=t.to_mirror)
+            delivery = Transfer(t.main.r, t.dst, n, plan=t.to_dst)
             try:
                 await delivery
             finally:  # also the part of the chunk that reached dst before an error

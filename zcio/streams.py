@@ -210,9 +210,9 @@ def tee_pipe(
             if n == 0:
                 return t.total
             t.duplicate(n)
-            splice_pipe(t.copy.r, t.mirror, n, timeout=timeout)
+            splice_pipe(t.copy.r, t.mirror, n, timeout=timeout, plan=t.to_mirror)
             try:
-                t.total += splice_pipe(t.main.r, t.dst, n, timeout=timeout)
+                t.total += splice_pipe(t.main.r, t.dst, n, timeout=timeout, plan=t.to_dst)
             except TransferError as exc:  # part of the chunk reached dst
                 t.total += exc.transferred
                 raise
