@@ -87,6 +87,11 @@ def _kind(mode: int) -> str:
     return "other"
 
 
+def fd_kind(fd: int) -> str:
+    """What ``fd`` is: "file", "pipe", "socket" or "other" (one fstat)."""
+    return _kind(os.fstat(fd).st_mode)
+
+
 def _paths(src: str, dst: str) -> tuple[int, ...]:
     """The paths to try, cheapest first (SPEC section 2's table)."""
     if src == "pipe" or dst == "pipe":

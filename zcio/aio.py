@@ -23,13 +23,12 @@ import errno
 import os
 import select
 import socket
-import stat
 from typing import IO, Any, Callable, Dict, List, Optional, Tuple, Union
 
 from ._binding import lib
 from ._errors import TransferError
 from ._tee import Tee
-from ._transfer import Plan, Xfer
+from ._transfer import Plan, Xfer, fd_kind, require_nonblocking
 from ._transports import detach, loop_factory, transport_sendfile
 from .hub import relay
 from .lowlevel import FdLike, _fd, _nonneg
@@ -126,14 +125,6 @@ async def _ready(fds: List[Tuple[int, int]]) -> None:
         await waiter.wait(fds)
     finally:
         waiter.close()
-
-
-def _check_nonblocking(fd: int, name: str) -> None:
-    """Sockets and pipes must be non-blocking: a blocking one would stall the
-    loop. Files and devices are used as they are (as loop.sock_sendfile does)."""
-    mode = os.fstat(fd).st_mode
-    if (stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode)) and os.get_blocking(fd):
-        raise ValueError(f"{name} must be non-blocking (call setblocking(False) or os.set_blocking)")
 
 
 class Transfer:
@@ -355,8 +346,9 @@ async def tee_pipe(src: FdLike, dst: FdLike, mirror: FdLike, count: Optional[int
     """
     t = Tee(src, dst, mirror, count)
     try:
-        for fd, name in ((t.src, "src"), (t.dst, "dst"), (t.mirror, "mirror")):
-            _check_nonblocking(fd, name)
+        require_nonblocking(None, t.src, fd_kind(t.src), "src")
+        require_nonblocking(None, t.dst, t.to_dst.dst_kind, "dst")
+        require_nonblocking(None, t.mirror, t.to_mirror.dst_kind, "mirror")
         while True:
             want = t.want()
             n = t.fill(want) if want else 0
