@@ -9,6 +9,13 @@ import errno as _errno
 import os
 from typing import Dict, Optional, Type
 
+#: The kernel's internal ENOTSUPP, which some filesystems and old kernels leak
+#: to callers (Python has no name for it).
+ENOTSUPP = 524
+#: Errors that mean "this path is not for these fds": a caller may fall back
+#: to another path, as long as nothing has moved yet.
+REFUSED_ERRNOS = frozenset({_errno.EINVAL, _errno.ENOSYS, _errno.EOPNOTSUPP, _errno.EXDEV, _errno.EPERM, ENOTSUPP})
+
 
 class ZcioError(Exception):
     """Base class of the exceptions defined by zcio."""

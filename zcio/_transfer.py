@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 from . import _stats
 from ._binding import ffi, lib
-from ._errors import TransferError, transfer_error
+from ._errors import REFUSED_ERRNOS, TransferError, transfer_error
 from .lowlevel import FdLike, _fd, _nonneg
 from .pipes import Pipe, PipePool, default_pool
 
@@ -64,10 +64,7 @@ _CHUNK = {
 }
 
 # Errors that mean "this path is not for these fds" when nothing has moved.
-# 524 is the kernel's internal ENOTSUPP, which some filesystems leak.
-FALLBACK_ERRNOS = frozenset(
-    {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV, errno.EPERM, 524}
-)
+FALLBACK_ERRNOS = REFUSED_ERRNOS
 # Out of fds while taking a pipe: as good as an exhausted pool.
 _NO_FDS = frozenset({errno.EMFILE, errno.ENFILE})
 

@@ -30,7 +30,7 @@ import stat
 from typing import IO, Any, Callable, Union
 
 from . import _stats
-from ._errors import transfer_error
+from ._errors import REFUSED_ERRNOS, transfer_error
 from .lowlevel import _nonneg, _refuse_tls
 from .lowlevel import sendfile as _sendfile
 
@@ -38,9 +38,6 @@ __all__ = ["detach", "loop_factory", "transport_sendfile"]
 
 _MAX_CALL = 0x7FFFF000  # the most one sendfile(2) moves
 _COPY_BLOCK = 256 << 10  # bytes per transport.write() when copying
-# Errors that mean "sendfile cannot serve this pair" while nothing has moved.
-# 524 is the kernel's internal ENOTSUPP, which some filesystems leak.
-_REFUSED = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM, 524})
 
 FileArg = Union[IO[bytes], int]
 
@@ -216,7 +213,7 @@ async def _send_native(job: _NativeSend, fd: int) -> None:
     if exc is None:
         return
     err = getattr(exc, "errno", None) or errno.EIO
-    if job.sent == 0 and err in _REFUSED:
+    if job.sent == 0 and err in REFUSED_ERRNOS:
         raise asyncio.SendfileNotAvailableError(f"sendfile refused: {os.strerror(err)}")
     if not hasattr(exc, "transferred"):  # a kernel error: the body is cut short
         transport.abort()

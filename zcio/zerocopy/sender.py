@@ -20,6 +20,7 @@ import warnings
 import weakref
 from typing import TYPE_CHECKING, Any, Callable
 
+from .._errors import ENOTSUPP
 from .._tickets import Lent, Ticket
 from ..lowlevel import SO_ZEROCOPY, FdLike, _fd, _nonneg, _poll_fd
 from ._registry import SocketRecord, registry
@@ -34,8 +35,7 @@ __all__ = ["DEFAULT_THRESHOLD", "SenderBase", "ZeroCopySender"]
 DEFAULT_THRESHOLD = 16 * 1024
 
 _POLICIES = ("auto", "always", "never")
-_ENOTSUPP = 524  # the kernel's internal ENOTSUPP, seen by old kernels' callers
-_ZC_UNSUPPORTED = {_errno.EOPNOTSUPP, _errno.ENOPROTOOPT, _ENOTSUPP}
+_ZC_UNSUPPORTED = {_errno.EOPNOTSUPP, _errno.ENOPROTOOPT, ENOTSUPP}
 _CLOSE_TIMEOUT = 1.0
 
 Buffer = Any  # any object exporting the buffer protocol
