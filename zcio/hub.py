@@ -29,11 +29,11 @@ import struct
 import threading
 import warnings
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ._binding import ffi, lib
 from ._errors import TransferError, transfer_error
-from .lowlevel import _refuse_tls
+from .lowlevel import _raise, _refuse_tls
 from .pipes import _default_sizing
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -49,10 +49,6 @@ _NEG_ESHUTDOWN = -errno.ESHUTDOWN
 
 Outcome = Tuple[Optional[Tuple[int, int]], Optional[BaseException]]
 Waiter = Callable[[Outcome], None]
-
-
-def _raise(err: int) -> NoReturn:
-    raise OSError(err, os.strerror(err))
 
 
 def _pending(rec: Any, i: int) -> bytes:

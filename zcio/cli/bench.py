@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import bench
-from .errors import describe
+from .errors import fail
 from .options import output_file, positive_int
 from .plots import check_plotting, plot
 
@@ -83,12 +83,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         rows = bench.run_cases(cases, quick=args.quick, rounds=args.rounds, log=log)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
     except (OSError, RuntimeError) as exc:
-        print(f"{PROG}: {running[0]}: {describe(exc)}", file=sys.stderr)
-        return 1
+        return fail(f"{PROG}: {running[0]}", exc)
     results = bench.ratios(rows)
     if args.json:
         doc = {"python": platform.python_version(), "kernel": platform.release(), "results": results}
@@ -99,6 +95,5 @@ def run(args: argparse.Namespace) -> int:
         try:
             plot(results, args.plot)
         except OSError as exc:
-            print(f"{PROG}: --plot: {describe(exc)}", file=sys.stderr)
-            return 1
+            return fail(f"{PROG}: --plot", exc)
     return 0

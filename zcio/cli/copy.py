@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator
 
 from .. import splice_pipe
-from .errors import accounting, describe
+from .errors import accounting, fail
 from .options import byte_count, seconds
 from .progress import ProgressBar
 
@@ -111,5 +111,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"{PROG}: interrupted {accounting(moved, pending)}", file=sys.stderr)
         return 130
     except (OSError, ValueError, SameFile) as exc:  # TransferError included
-        print(f"{PROG}: {describe(exc)}", file=sys.stderr)
-        return 1
+        return fail(PROG, exc)

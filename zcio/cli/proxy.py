@@ -7,7 +7,7 @@ import logging
 import signal
 import sys
 
-from .errors import describe
+from .errors import fail
 from .limits import raise_fd_limit
 from .loops import new_event_loop
 from .options import positive_int
@@ -68,5 +68,4 @@ def run(args: argparse.Namespace) -> int:
     try:
         return _relay(args)
     except (OSError, ValueError) as exc:
-        print(f"{PROG}: {describe(exc)}", file=sys.stderr)
-        return 1
+        return fail(PROG, exc)

@@ -13,12 +13,14 @@ import signal
 import sys
 
 from ..http import FileServer
+from .errors import fail
 from .limits import raise_fd_limit
 from .loops import new_event_loop
 from .options import port, positive_int, timeout
 
 __all__ = ["add_arguments", "run"]
 
+PROG = "zcio serve"
 log = logging.getLogger("zcio.serve")
 
 
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     log.setLevel(logging.WARNING if args.quiet else logging.INFO)
     log.propagate = False
     raise_fd_limit(2 * args.max_connections + 64)
-    loop, kind = new_event_loop(args.uvloop, prog="zcio serve")
+    loop, kind = new_event_loop(args.uvloop, prog=PROG)
     try:
         return loop.run_until_complete(_serve(args, kind))
     finally:
@@ -78,8 +80,7 @@ async def _serve(args: argparse.Namespace, kind: str) -> int:
         )
         await server.start()
     except (OSError, ValueError) as exc:
-        print(f"zcio serve: {exc}", file=sys.stderr)
-        return 1
+        return fail(PROG, exc)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = (signal.SIGINT, signal.SIGTERM)
@@ -87,7 +88,7 @@ async def _serve(args: argparse.Namespace, kind: str) -> int:
         loop.add_signal_handler(sig, stop.set)
     host, port = server.address
     shown = f"[{host}]" if ":" in host else host
-    print(f"zcio serve: {server.root} on http://{shown}:{port}/ ({kind}); Ctrl-C stops", file=sys.stderr, flush=True)
+    print(f"{PROG}: {server.root} on http://{shown}:{port}/ ({kind}); Ctrl-C stops", file=sys.stderr, flush=True)
     runner = loop.create_task(server.serve_forever())
     stopper = loop.create_task(stop.wait())
     try:
@@ -98,7 +99,7 @@ async def _serve(args: argparse.Namespace, kind: str) -> int:
         stopper.cancel()
         await server.close()
         await asyncio.gather(runner, stopper, return_exceptions=True)
-    if runner.done() and not runner.cancelled() and runner.exception() is not None:
-        print(f"zcio serve: {runner.exception()}", file=sys.stderr)
-        return 1
+    failed = runner.exception() if runner.done() and not runner.cancelled() else None
+    if failed is not None:
+        return fail(PROG, failed)
     return 0
