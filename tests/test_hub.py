@@ -550,10 +550,13 @@ def test_close_ends_every_relay_and_the_peers_see_it(tcp_pairs):
 
 
 def test_close_from_a_futures_callback(tcp_pairs):
+    """A callback that closes the hub returns before its collector thread
+    releases its fds; a close() elsewhere waits for that (the fd-leak check
+    after the test fails otherwise: the callback lingers to make it show)."""
     h = RelayHub()
     client, a, b, server = relayed(tcp_pairs)
     fut = h.relay(a, b)
-    fut.add_done_callback(lambda f: h.close())
+    fut.add_done_callback(lambda f: (h.close(), time.sleep(0.2)))
     client.shutdown(socket.SHUT_WR)
     server.shutdown(socket.SHUT_WR)
     assert fut.result(JOIN) == (0, 0)

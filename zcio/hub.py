@@ -262,33 +262,46 @@ class _Core:
 
     def close(self) -> None:
         with self.lock:
-            if self.state == "closing" and threading.current_thread() is self.collector:
-                return  # a future's callback: the close in progress finishes
+            if self.state != "open" and threading.current_thread() is self.collector:
+                return  # a future's callback: the close in progress (or done) stands
         with self.close_lock:  # a second close() waits for the first
             with self.lock:
-                if self.state != "open":
-                    return
-                if self.pid != os.getpid():
+                if self.state == "open" and self.pid != os.getpid():
                     self.state = "forked"
-                    return
-                self.state = "closing"  # relay() refuses from now on
-            lib.zcio_hub_close(self.ptr)  # every relay ended, records posted
-            sync, collector = self.sync, self.collector
-            if sync is not None and collector is not None:
-                lib.zcio_sink_shutdown(sync.ptr)  # the collector drains, then ends
-                if collector is not threading.current_thread():
-                    collector.join()
-            for sink in list(self.loop_sinks.values()):
-                if sink.loop.is_closed():  # nobody will drain it
-                    sink.close()
-            stats = self.stats()
-            with self.lock:
-                for listener in list(self.listeners):
-                    listener.finish()
-                self.final_stats = stats
-                self.state = "closed"
-                lib.zcio_hub_free(self.ptr)
-                self.ptr = None
+                done = self.state != "open"
+                if not done:
+                    self.state = "closing"  # relay() refuses from now on
+            if not done:
+                self._close()
+        # A close() made by a future's callback returns before its collector
+        # thread ends and releases its sink: every close() waits for that.
+        self._join_collector()
+
+    def _close(self) -> None:
+        """End the relays, the collector and the engines; free the C hub."""
+        lib.zcio_hub_close(self.ptr)  # every relay ended, records posted
+        sync, collector = self.sync, self.collector
+        if sync is not None and collector is not None:
+            lib.zcio_sink_shutdown(sync.ptr)  # the collector drains, then ends
+            self._join_collector()
+        for sink in list(self.loop_sinks.values()):
+            if sink.loop.is_closed():  # nobody will drain it
+                sink.close()
+        stats = self.stats()
+        with self.lock:
+            for listener in list(self.listeners):
+                listener.finish()
+            self.final_stats = stats
+            self.state = "closed"
+            lib.zcio_hub_free(self.ptr)
+            self.ptr = None
+
+    def _join_collector(self) -> None:
+        """Wait until the collector thread ended (and released its sink),
+        unless this is that thread."""
+        collector = self.collector
+        if collector is not None and collector is not threading.current_thread():
+            collector.join()
 
     def forget_in_child(self) -> None:
         # The engine threads and the parent's relays are not ours; their C
