@@ -1534,8 +1534,6 @@ void zcio_hub_free(zcio_hub *h)
     free(h);
 }
 
-int zcio_hub_forked(zcio_hub *h) { return h->forked; }
-
 void zcio_hub_get_stats(zcio_hub *h, zcio_hub_stats *out)
 {
     memset(out, 0, sizeof *out);

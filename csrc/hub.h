@@ -82,9 +82,6 @@ void zcio_hub_close(zcio_hub *h);
 /* Free a closed hub (or, in a forked child, the parent's copy of one). */
 void zcio_hub_free(zcio_hub *h);
 
-/* 1 when this copy of the hub was inherited through fork(). */
-int zcio_hub_forked(zcio_hub *h);
-
 void zcio_hub_get_stats(zcio_hub *h, zcio_hub_stats *out);
 /* Relays engine thread i holds now (-1 for a thread that does not exist). */
 int64_t zcio_hub_thread_active(zcio_hub *h, int i);
