@@ -283,11 +283,7 @@ class Connection(_Client):
                     if expects and not self._send(CONTINUE):
                         return
                     continue
-            try:
-                plan = site.answer(req, keep)
-            except HttpError as err:
-                plan = site.error(err, req, keep)
-            if not self._send(plan):
+            if not self._answer(req, keep):
                 return
         if self.buf:  # more pipelined requests: let the other connections have a turn
             self._unread()
@@ -305,8 +301,11 @@ class Connection(_Client):
         self.body_left -= take
         return not self.body_left
 
-    def _answer(self, req: Request) -> bool:
-        keep = keep_alive(req) and not self.server.closing
+    def _answer(self, req: Request, keep: bool | None = None) -> bool:
+        """Send the answer to ``req``; whether the next request may follow.
+        ``keep``: keep the connection alive (None: as the request asks)."""
+        if keep is None:
+            keep = keep_alive(req) and not self.server.closing
         try:
             reply = self.site.answer(req, keep)
         except HttpError as err:
