@@ -1,8 +1,10 @@
-"""Which event loop the servers run on."""
+"""Which event loop the servers run on: :func:`zcio.aio.loop_factory`'s."""
 from __future__ import annotations
 
 import asyncio
 import sys
+
+from ..aio import loop_factory
 
 __all__ = ["new_event_loop"]
 
@@ -17,9 +19,7 @@ def new_event_loop(uvloop: bool, prog: str) -> tuple[asyncio.AbstractEventLoop, 
     """
     if uvloop:
         try:
-            import uvloop as _uvloop
+            return loop_factory(uvloop=True), "uvloop"
         except ImportError:
             print(f"{prog}: uvloop is not installed; using asyncio's loop", file=sys.stderr)
-        else:
-            return _uvloop.new_event_loop(), "uvloop"
-    return asyncio.new_event_loop(), "asyncio"
+    return loop_factory(uvloop=False), "asyncio"
