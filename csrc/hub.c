@@ -914,12 +914,24 @@ static void conn_step(struct engine *e, struct zc_conn *c)
         return;
     }
     /* A peer that hung up or failed, with nothing more to read from it: the
-     * direction that writes to it cannot succeed, and may wait forever. */
+     * direction that writes to it cannot succeed, and may wait forever. A
+     * peer that failed (a reset) while its own direction still waits to
+     * deliver ends the relay too: that direction would not read again until
+     * the other side drains, and a reset ends both directions. */
     for (int side = 0; side < 2; side++) {
-        if (c->s[side].hup && c->d[side].state == D_DONE && c->d[1 - side].state != D_DONE) {
+        if (!c->s[side].hup)
+            continue;
+        if (c->d[side].state == D_DONE && c->d[1 - side].state != D_DONE) {
             int err = so_error(c->s[side].fd);
             conn_end(e, c, err ? err : EPIPE, 1 - side);
             return;
+        }
+        if (c->d[side].state != D_DONE) {
+            int err = so_error(c->s[side].fd);
+            if (err) {
+                conn_end(e, c, err, side);
+                return;
+            }
         }
     }
     if (more)
@@ -948,8 +960,23 @@ static void conn_link(struct engine *e, struct zc_conn *c)
     BUMP(&e->c.active, 1);
 }
 
+/* A socket whose close() would linger (SO_LINGER with a timeout) is made to
+ * close in the background: the engine closes sockets on its own thread, and
+ * a lingering close there would hold up every relay of that thread. A
+ * zero timeout (reset on close) never blocks and is kept. */
+static void no_lingering_close(int fd)
+{
+    struct linger lg;
+    socklen_t len = sizeof lg;
+    if (getsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, &len) == 0 && lg.l_onoff && lg.l_linger > 0) {
+        lg.l_onoff = 0;
+        (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    }
+}
+
 static int sock_setup(struct zc_sock *s, int fd)
 {
+    no_lingering_close(fd);
     int one = 1, proto = 0, domain = 0;
     socklen_t len = sizeof proto;
     s->fd = fd;
@@ -1015,13 +1042,17 @@ static void lst_accept(struct engine *e, struct zc_lfd *f)
             FADD(&l->active, -1);
             if (err == EINTR || err == ECONNABORTED || err == EPROTO || err == EPERM)
                 continue;
-            if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
-                lst_pause(l, 1); /* level-triggered: would spin; retry later */
+            if (err != EAGAIN && err != EWOULDBLOCK) {
+                /* Out of fds or memory, or a listener shut down under us
+                 * (EINVAL): it stays readable (level-triggered), so waiting
+                 * for it again would spin; pause and retry later. */
+                lst_pause(l, 1);
                 e->retry_accept = 1;
                 e->retry_at = e->now + ACCEPT_RETRY_MS;
             }
             return;
         }
+        no_lingering_close(fd); /* a listener's options are inherited */
         int64_t active = LOAD(&l->active), peak = LOAD(&l->peak);
         while (active > peak &&
                !__atomic_compare_exchange_n(&l->peak, &peak, active, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
@@ -1179,8 +1210,14 @@ static void on_event(struct engine *e, struct epoll_event *ev)
         s->readable = 1;
     if (m & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
         s->rdhup = 1;
-    if (m & EPOLLPRI)
+    if (m & EPOLLPRI) {
         s->trusty = 0; /* urgent data can end a read early: read to EAGAIN */
+        /* splice() stops at the urgent mark and reports EAGAIN from then on,
+         * which would stall the direction for good; recv() steps over it. */
+        c->d[tag].nosplice = 1;
+        if (c->d[tag].mode == M_SPLICE)
+            demote(e, &c->d[tag]);
+    }
     if (m & (EPOLLOUT | EPOLLHUP | EPOLLERR))
         s->writable = 1;
     if (m & (EPOLLHUP | EPOLLERR))

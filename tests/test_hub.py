@@ -10,6 +10,7 @@ import selectors
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -293,6 +294,79 @@ def test_a_reset_ends_both_directions_with_exact_accounting(hub, tcp_pairs):
         client.sendall(b"x" * (1 << 20))
     st = hub.stats()
     assert st["relays"]["failed"] == 1 and st["pipes"]["in_use"] == 0 and st["buffers"] == 0
+
+
+def test_a_reset_of_the_side_read_ends_the_relay_while_it_waits_to_deliver(hub, tcp_pairs):
+    """The client floods, the server stops reading, then the client resets:
+    the direction reading from the client holds bytes it cannot deliver and
+    would not read again, yet the relay ends (a reset ends both directions),
+    with exact accounting."""
+    client, a, b, server = relayed(tcp_pairs)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # never read
+    data = payload(64 << 20, 17)
+    fut = hub.relay(a, b)
+    client.setblocking(False)
+    sent = 0
+
+    def stalled() -> bool:
+        nonlocal sent
+        try:
+            sent += client.send(data[sent: sent + (1 << 20)])
+            return False
+        except BlockingIOError:
+            st = hub.stats()
+            return st["pipes"]["in_use"] + st["buffers"] >= 1
+
+    wait_for(stalled, "the relay stalled with bytes in flight")
+    _reset(client)
+    with pytest.raises(TransferError) as info:
+        fut.result(JOIN)
+    exc = info.value
+    assert exc.errno == errno.ECONNRESET
+    (ab, ba), (pend_ab, _) = exc.relayed, exc.pendings
+    assert ba == 0 and len(pend_ab) > 0
+    assert data[ab: ab + len(pend_ab)] == pend_ab and ab + len(pend_ab) <= sent
+    assert hub.stats()["pipes"]["in_use"] == 0
+
+
+def test_urgent_data_does_not_stall_a_spliced_direction(hub, tcp_pairs):
+    """splice() stops at TCP's urgent mark for good; a direction that saw
+    urgent data copies from then on, so what follows still arrives."""
+    client, a, b, server = relayed(tcp_pairs)
+    fut = hub.relay(a, b)
+    blob = payload(4 << 20, 19)
+    sender = threading.Thread(target=client.sendall, args=(blob,))
+    sender.start()
+    assert recv_exact(server, len(blob)) == blob
+    sender.join()
+    assert hub.stats()["switches"]["to_splice"] >= 1  # the bulk went by splice
+    client.send(b"!", socket.MSG_OOB)  # not inline: the relay does not carry it
+    client.sendall(b"after")
+    client.shutdown(socket.SHUT_WR)
+    assert recv_exact(server, 5) == b"after"
+    server.shutdown(socket.SHUT_WR)
+    assert fut.result(JOIN) == (len(blob) + 5, 0)
+
+
+def test_a_lingering_close_is_not_left_to_the_engine(hub, tcp_pairs):
+    """SO_LINGER with a timeout makes close() block even on a non-blocking
+    socket; the engine closes sockets on its own thread, where that would
+    hold up every relay. The hub clears it when it takes a socket (a reset
+    on close, a zero timeout, is kept)."""
+    client, a, b, server = relayed(tcp_pairs)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 4))
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    b_view, a_view = b.dup(), a.dup()  # the same sockets, seen after the hub took them
+    try:
+        fut = hub.relay(a, b)
+        assert struct.unpack("ii", b_view.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8))[0] == 0
+        assert struct.unpack("ii", a_view.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8)) == (1, 0)
+    finally:
+        b_view.close()
+        a_view.close()
+    client.shutdown(socket.SHUT_WR)
+    server.shutdown(socket.SHUT_WR)
+    assert fut.result(JOIN) == (0, 0)
 
 
 def test_a_reset_after_eof_fails_the_direction_that_still_writes(hub, tcp_pairs):
