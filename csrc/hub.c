@@ -1607,27 +1607,42 @@ int64_t zcio_hub_thread_active(zcio_hub *h, int i)
     return i < 0 || i >= h->nthreads ? -1 : PEEK(&h->eng[i].c.active);
 }
 
+/* Fail a zcio_hub_relay() that had made its duplicates (h->mu held). */
+static int relay_refused(zcio_hub *h, struct zc_conn *c, const int fds[2], int err)
+{
+    pthread_mutex_unlock(&h->mu);
+    for (int i = 0; i < 2; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    free(c);
+    return -err;
+}
+
 int zcio_hub_relay(zcio_hub *h, int fd_a, int fd_b, int half_close, uint64_t id, zcio_sink *sink)
 {
-    int flags[2], fds[2] = {fd_a, fd_b};
+    int flags[2], fds[2] = {-1, -1};
     struct zc_conn *c = calloc(1, sizeof *c);
     if (c == NULL)
         return -ENOMEM;
     pthread_mutex_lock(&h->mu);
-    if (h->closing) {
-        pthread_mutex_unlock(&h->mu);
-        free(c);
-        return -ESHUTDOWN;
-    }
+    if (h->closing)
+        return relay_refused(h, c, fds, ESHUTDOWN);
+    /* The hub works on duplicates of its own: the caller closes its fds
+     * whenever it likes (an exception between this call and that close
+     * cannot leave two owners closing the same fd number). */
+    fds[0] = fcntl(fd_a, F_DUPFD_CLOEXEC, 0);
+    if (fds[0] < 0)
+        return relay_refused(h, c, fds, errno);
+    fds[1] = fcntl(fd_b, F_DUPFD_CLOEXEC, 0);
+    if (fds[1] < 0)
+        return relay_refused(h, c, fds, errno);
     for (int i = 0; i < 2; i++) {
         flags[i] = fcntl(fds[i], F_GETFL);
         if (flags[i] < 0 || (!(flags[i] & O_NONBLOCK) && fcntl(fds[i], F_SETFL, flags[i] | O_NONBLOCK) < 0)) {
             int err = errno;
             if (i == 1)
                 (void)fcntl(fds[0], F_SETFL, flags[0]);
-            pthread_mutex_unlock(&h->mu);
-            free(c);
-            return -err;
+            return relay_refused(h, c, fds, err);
         }
     }
     for (int i = 0; i < 2; i++)

@@ -7,8 +7,9 @@
  * zcio.h: every symbol carries the zcio_ prefix, failures are -errno.
  *
  * A hub owns one or more engine threads, each with its own epoll set. A
- * relay joins one engine and never leaves it; its two sockets are owned by
- * the hub from zcio_hub_relay() on and closed by it when the relay ends.
+ * relay joins one engine and never leaves it; zcio_hub_relay() takes
+ * duplicates of its two fds, which the hub owns and closes when the relay
+ * ends (the caller closes its own).
  * Results come back as records through a sink: a queue with an eventfd that
  * becomes readable when records wait (a collector thread blocks on it, or an
  * event loop watches it). No engine thread ever touches Python.

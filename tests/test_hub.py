@@ -348,6 +348,25 @@ def test_urgent_data_does_not_stall_a_spliced_direction(hub, tcp_pairs):
     assert fut.result(JOIN) == (len(blob) + 5, 0)
 
 
+def test_the_hub_relays_duplicates_and_frees_the_callers_fd_numbers(hub, tcp_pairs):
+    """relay() hands the engine duplicates and closes the caller's fds in the
+    call: a Ctrl-C landing between the two can leave the objects open, but
+    never two owners closing one fd number (the next user of that number
+    would lose its file)."""
+    client, a, b, server = relayed(tcp_pairs)
+    numbers = (a.fileno(), b.fileno())
+    fut = hub.relay(a, b)
+    for fd in numbers:
+        with pytest.raises(OSError) as info:
+            os.fstat(fd)  # free: closed by the call, not held by the hub
+        assert info.value.errno == errno.EBADF
+    client.sendall(b"still relayed")
+    assert recv_exact(server, 13) == b"still relayed"
+    client.shutdown(socket.SHUT_WR)
+    server.shutdown(socket.SHUT_WR)
+    assert fut.result(JOIN) == (13, 0)
+
+
 def test_a_lingering_close_is_not_left_to_the_engine(hub, tcp_pairs):
     """SO_LINGER with a timeout makes close() block even on a non-blocking
     socket; the engine closes sockets on its own thread, where that would

@@ -14,9 +14,11 @@ ways as HAProxy's splice-auto does (three reads that fill the 16 KiB buffer
 promote a direction to splice; two short reads, a splice under 4 KiB or a
 second of silence demote it). :meth:`RelayHub.stats` shows the counts.
 
-Ownership: from ``relay()`` on the hub owns both sockets: the caller's socket
-objects are detached (``fileno() == -1``) and the hub closes the fds when the
-relay ends. Dropping the objects changes nothing.
+Ownership: from ``relay()`` on the hub owns both sockets: it relays
+duplicates of their fds that it closes when the relay ends, and the caller's
+socket objects are closed by the call (``fileno() == -1``; the connections
+stay open through the hub's duplicates). Dropping the objects changes
+nothing.
 """
 from __future__ import annotations
 
@@ -194,8 +196,11 @@ class _Core:
                 if engine == _NEG_ESHUTDOWN:
                     raise RuntimeError("the RelayHub is closed")
                 _raise(-engine)
-        a.detach()  # the hub owns the fds now
-        b.detach()
+        # The hub relays duplicates of its own: the caller's fds are closed
+        # here (an exception before then leaves the objects open, never two
+        # owners of one fd number).
+        a.close()
+        b.close()
         return engine, rid
 
     def cancel(self, engine: int, rid: int) -> None:
@@ -372,8 +377,9 @@ class RelayHub:
     ) -> "concurrent.futures.Future[Tuple[int, int]]":
         """Relay bytes both ways between two connected stream sockets.
 
-        The hub takes both sockets (they are detached: ``fileno() == -1``)
-        and closes them when the relay ends. Blocking or not, they are made
+        The hub takes both sockets: it relays duplicates of their fds, closes
+        the objects given (``fileno() == -1``; the connections stay open) and
+        closes its duplicates when the relay ends. Blocking or not, they are made
         non-blocking; TCP sockets get TCP_NODELAY (a relay forwards each
         message as it comes).
 
@@ -549,8 +555,8 @@ class _Listener:
             except BaseException:
                 self.sink.release()
                 raise
-        for listener in listeners:
-            listener.detach()
+            for listener in listeners:
+                listener.detach()
         self.ptr = out[0]
         self.closed = False
         self.final: Dict[str, int] = {}
