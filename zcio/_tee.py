@@ -106,14 +106,18 @@ class Tee:
         return data
 
     def duplicate(self, n: int) -> None:
+        """tee() the ``n`` bytes now in the main pipe into the copy pipe."""
         done = 0
         while done < n:
             done += tee(self.main.r, self.copy.w, n - done)
 
     def error(self, exc: OSError) -> TransferError:
+        """The TransferError for ``exc``, with the tee's accounting."""
         return transfer_error(exc.errno or errno.EIO, self.total, self.pending())
 
     def close(self) -> None:
+        """Close both pipes; a seekable buffered reader is put where the tee
+        stopped taking."""
         try:
             self.main.close()
             self.copy.close()

@@ -508,6 +508,7 @@ class Xfer:
         return self.head[self.prefix :] + self._take_in_flight()
 
     def error(self, err: int) -> TransferError:
+        """The TransferError for ``err``, with this transfer's accounting."""
         return transfer_error(err, self.transferred, self.pending())
 
     @contextlib.contextmanager

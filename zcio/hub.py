@@ -370,6 +370,7 @@ class RelayHub:
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` ran (or this is a forked child's copy)."""
         return self._core.state != "open"
 
     def relay(

@@ -72,6 +72,7 @@ class Pipe:
 
     @property
     def closed(self) -> bool:
+        """Whether both ends were closed (``r`` and ``w`` are -1 then)."""
         return self.r < 0
 
     def _check_open(self) -> None:
@@ -481,10 +482,12 @@ class PipePool:
 
     @property
     def in_use(self) -> int:
+        """Pipes checked out now (acquired and not released)."""
         return self._in_use - len(self._dropped)
 
     @property
     def free(self) -> int:
+        """Empty pipes kept for reuse now."""
         return len(self._free)
 
     def __enter__(self) -> Self:

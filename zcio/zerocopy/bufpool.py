@@ -84,6 +84,7 @@ class PoolBuffer(Lent):
 
     @property
     def released(self) -> bool:
+        """Whether :meth:`release` ran: the memory is no longer this object's."""
         return self._view is None
 
     def __len__(self) -> int:
@@ -262,6 +263,7 @@ class BufferPool:
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` ran."""
         return self._closed
 
     def __enter__(self) -> Self:

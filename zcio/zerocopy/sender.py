@@ -223,6 +223,7 @@ class SenderBase:
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` ran (the socket itself stays open)."""
         return self._closed
 
     def __repr__(self) -> str:
