@@ -1,11 +1,13 @@
-"""What the peer benchmarks in bench/ share: ports, process CPU, installs."""
+"""What the peer benchmarks in bench/ share: ports, process CPU, installs, an
+HTTP download into /dev/null."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import time
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 CLK = os.sysconf("SC_CLK_TCK")
 
@@ -42,3 +44,35 @@ def install(packages: Sequence[str]) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
     subprocess.run(["apt-get", "install", "-y", "-qq", *packages], check=False, env=env)
+
+
+def download(port: int, path: str, null: int, pipe: Tuple[int, int]) -> int:
+    """GET ``path`` and splice the body to /dev/null; returns the body size."""
+    r, w = pipe
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = s.recv(4096)
+            if not chunk:
+                raise RuntimeError(f"connection closed in the head: {buf!r}")
+            buf += chunk
+        head, _, body = buf.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"unexpected answer: {head[:200]!r}")
+        m = re.search(rb"\r\ncontent-length:\s*(\d+)", head, re.I)
+        if m is None:
+            raise RuntimeError("no Content-Length")
+        length = int(m.group(1))
+        got = len(body)
+        fd = s.fileno()
+        while got < length:
+            n = os.splice(fd, w, min(1 << 20, length - got))
+            if n == 0:
+                break
+            got += n
+            while n:
+                n -= os.splice(r, null, n)
+        if got != length:
+            raise RuntimeError(f"short body: {got} of {length}")
+        return got

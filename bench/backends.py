@@ -41,7 +41,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,7 +48,8 @@ import tempfile
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from _peers import CLK, cpu_seconds, free_port, wait_port
+from _peers import CLK, cpu_seconds, download, free_port, wait_port
+from zcio.bench.fixtures import touch
 
 GiB = 1 << 30
 SMALL_SIZE = 64 << 10
@@ -171,44 +171,6 @@ def _pin() -> None:
 # ------------------------------------------------------------ the client
 
 
-def download(port: int, path: str, null: int, pipe: Tuple[int, int]) -> int:
-    """GET ``path`` and splice the body to /dev/null; returns the body size."""
-    r, w = pipe
-    with socket.create_connection(("127.0.0.1", port)) as s:
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            chunk = s.recv(4096)
-            if not chunk:
-                raise RuntimeError(f"connection closed in the head: {buf!r}")
-            buf += chunk
-        head, _, body = buf.partition(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.1 200"):
-            raise RuntimeError(f"unexpected answer: {head[:200]!r}")
-        m = re.search(rb"\r\ncontent-length:\s*(\d+)", head, re.I)
-        if m is None:
-            raise RuntimeError("no Content-Length")
-        length = int(m.group(1))
-        got = len(body)
-        fd = s.fileno()
-        while got < length:
-            n = os.splice(fd, w, min(1 << 20, length - got))
-            if n == 0:
-                break
-            got += n
-            while n:
-                n -= os.splice(r, null, n)
-        if got != length:
-            raise RuntimeError(f"short body: {got} of {length}")
-        return got
-
-
-def _touch() -> None:
-    """Touch fresh memory: idle pages handed back to the host are slow to
-    touch again, whichever contender comes next."""
-    bytearray(128 << 20)
-
-
 def big_file(servers: Dict[str, Server], size: int, rounds: int, repeat: int) -> Dict[str, List[Tuple[float, float]]]:
     null = os.open(os.devnull, os.O_WRONLY)
     r, w = os.pipe()
@@ -225,7 +187,7 @@ def big_file(servers: Dict[str, Server], size: int, rounds: int, repeat: int) ->
             if rnd % 2:
                 order.reverse()
             for kind, s in order:
-                _touch()
+                touch()
                 c0, t0 = cpu_seconds(s.pid), time.perf_counter()
                 got = sum(download(s.port, "/big.bin", null, (r, w)) for _ in range(repeat))
                 t1 = time.perf_counter()

@@ -225,8 +225,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     rounds = args.rounds or (3 if args.quick else 7)
     size = int((args.gib or (0.25 if args.quick else 1.0)) * (1 << 30))
     with tempfile.TemporaryDirectory(prefix="zcio-relay-") as tmp:
-        path = bench._make_file(tmp, "data.bin", size)
-        sink = bench._Sink()
+        path = bench.fixtures.make_file(tmp, "data.bin", size)
+        sink = bench.fixtures.Sink()
         relays = start_relays(tmp, sink.port)
         samples: Dict[str, List["tuple[float, float]"]] = {k: [] for k in relays}
         try:
@@ -235,7 +235,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 if r % 2:
                     order.reverse()
                 for label, (proc, port) in order:
-                    bench._touch()
+                    bench.fixtures.touch()
                     src = subprocess.Popen([sys.executable, "-c", SOURCE, path, str(port)],
                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
                     assert src.stdin and src.stdout

@@ -41,7 +41,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,7 +48,7 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Set, Tuple
 
-from _peers import CLK, cpu_seconds, free_port, install, wait_port
+from _peers import CLK, cpu_seconds, download, free_port, install, wait_port
 from zcio import bench
 
 GiB = 1 << 30
@@ -186,38 +185,6 @@ def start_servers(tmp: str, root: str, with_http_server: bool) -> Dict[str, Serv
 # ------------------------------------------------------------ (a) one big file
 
 
-def download(port: int, path: str, null: int, pipe: Tuple[int, int]) -> int:
-    """GET ``path`` and splice the body to /dev/null; returns the body size."""
-    r, w = pipe
-    with socket.create_connection(("127.0.0.1", port)) as s:
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            chunk = s.recv(4096)
-            if not chunk:
-                raise RuntimeError(f"connection closed in the head: {buf!r}")
-            buf += chunk
-        head, _, body = buf.partition(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.1 200"):
-            raise RuntimeError(f"unexpected answer: {head[:200]!r}")
-        m = re.search(rb"\r\ncontent-length:\s*(\d+)", head, re.I)
-        if m is None:
-            raise RuntimeError("no Content-Length")
-        length = int(m.group(1))
-        got = len(body)
-        fd = s.fileno()
-        while got < length:
-            n = os.splice(fd, w, min(1 << 20, length - got))
-            if n == 0:
-                break
-            got += n
-            while n:
-                n -= os.splice(r, null, n)
-        if got != length:
-            raise RuntimeError(f"short body: {got} of {length}")
-        return got
-
-
 def big_file(servers: Dict[str, Server], size: int, rounds: int) -> Dict[str, List[Tuple[float, float]]]:
     null = os.open(os.devnull, os.O_WRONLY)
     r, w = os.pipe()
@@ -234,7 +201,7 @@ def big_file(servers: Dict[str, Server], size: int, rounds: int) -> Dict[str, Li
             if rnd % 2:
                 order.reverse()
             for label, s in order:
-                bench._touch()
+                bench.fixtures.touch()
                 c0, t0 = cpu_seconds(s.pid), time.perf_counter()
                 got = download(s.port, "/big.bin", null, (r, w))
                 t1 = time.perf_counter()
@@ -326,7 +293,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix="zcio-serve-") as tmp:
         root = os.path.join(tmp, "www")
         os.makedirs(os.path.join(root, "small"))
-        bench._make_file(root, "big.bin", size)
+        bench.fixtures.make_file(root, "big.bin", size)
         block = os.urandom(SMALL_SIZE)
         for i in range(SMALL_FILES):
             with open(os.path.join(root, "small", f"f{i}.bin"), "wb") as f:

@@ -51,7 +51,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--gib", type=float, default=10.0)
     args = ap.parse_args(argv)
     total = int(args.gib * (1 << 30))
-    sink = bench._Sink()
+    sink = bench.fixtures.Sink()
     listener = socket.create_server(("127.0.0.1", 0))
     src = subprocess.Popen([sys.executable, "-c", SOURCE, str(listener.getsockname()[1]), str(total)])
     conn, _ = listener.accept()
@@ -67,7 +67,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         n = zcio.splice_pipe(conn, out, progress=progress)
-        bench._finish(out)
+        bench.fixtures.finish(out)
     finally:
         conn.close()
         listener.close()

@@ -12,14 +12,10 @@ the library imports this package.
 """
 from __future__ import annotations
 
-from . import calls, movers, sends
-from .fixtures import Sink, finish, make_file, touch
+from . import calls, fixtures, movers, sends
 from .harness import Case, Contender, GiB, Row, Sample, measure, ratios, run_cases
 
-__all__ = ["CASES", "Case", "Contender", "GiB", "Row", "Sample", "measure", "ratios", "run_cases"]
+__all__ = ["CASES", "Case", "Contender", "GiB", "Row", "Sample", "fixtures", "measure", "ratios", "run_cases"]
 
 #: Every case, in the order ``zcio bench`` runs them.
 CASES: list[Case] = movers.CASES + sends.CASES + calls.CASES
-
-# The names the scripts under bench/ used before the fixtures had a module.
-_Sink, _finish, _make_file, _touch = Sink, finish, make_file, touch
