@@ -798,18 +798,29 @@ def test_step_after_enobufs_waits_briefly_then_copies(make_tcp: Any, monkeypatch
     peer does not read): the step asks to wait for a completion, briefly;
     none came, so the next chunk goes by copy."""
     client, server = stalled_pair(make_tcp)
+    client.setblocking(False)  # the copy step must not wait for the reader
     data = os.urandom(3 << 20)
     with ZeroCopySender(client, policy="always") as z:
         op = z._begin(data)
         assert isinstance(op, _step.SendOp)
         assert op.step() > 0 and z.stats["zerocopy_sends"] == 1
         monkeypatch.setattr(_step, "_c_send", lambda *args: -errno.ENOBUFS)
-        assert op.step() == _step.Wait(client.fileno(), 0, _step._ENOBUFS_WAIT)
+        wait = op.step()
+        assert wait == _step.Wait(client.fileno(), 0, _step._ENOBUFS_WAIT)
+        # Honour the wait. Nothing reads yet, so the 1 MiB in flight cannot
+        # be acknowledged and no completion can come (the reader starts only
+        # after the next step: started earlier, it raced the wait).
+        assert isinstance(wait, _step.Wait) and wait.timeout is not None
+        select.poll().poll(int(wait.timeout * 1000) + 1)
+        copied = op.step()
+        stats = z.stats
+        assert isinstance(copied, int) and copied > 0
+        assert stats["enobufs"] == stats["enobufs_copies"] == 1
+        assert stats["copy_sends"] == 1 and stats["zerocopy_sends"] == 1
+        monkeypatch.undo()
         reader = Reader(server)
         ticket = drive(op)
-        stats = z.stats
-        assert stats["enobufs"] == stats["enobufs_copies"] == 1
-        assert stats["zerocopy_sends"] == 1 and ticket.wait(10)
+        assert ticket.wait(10)
     client.shutdown(socket.SHUT_WR)
     assert reader.result() == data
 
