@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import fcntl
 import os
 import re
 import shutil
@@ -48,7 +47,7 @@ import tempfile
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from _peers import CLK, cpu_seconds, download, free_port, wait_port
+from _peers import CLK, PeerProcess, cpu_seconds, download, download_rounds, free_port, splice_sink
 from zcio.bench.fixtures import touch
 
 GiB = 1 << 30
@@ -143,24 +142,14 @@ SERVE = {
 }
 
 
-class Server:
-    def __init__(self, kind: str, root: str) -> None:
-        self.kind = kind
-        self.port = free_port()
-        argv = [sys.executable, os.path.abspath(__file__), "--serve", kind, "--port", str(self.port), "--root", root]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     preexec_fn=_pin)
-        wait_port(self.port, self.proc)
-        self.pid = self.proc.pid
+class Server(PeerProcess):
+    """``kind``'s server, run by this script with ``--serve``; stopped by SIGINT."""
 
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    def __init__(self, kind: str, root: str) -> None:
+        port = free_port()
+        argv = [sys.executable, os.path.abspath(__file__), "--serve", kind, "--port", str(port), "--root", root]
+        super().__init__(kind, argv, port, preexec_fn=_pin, stop_signal=signal.SIGINT)
+        self.kind = kind
 
 
 def _pin() -> None:
@@ -171,37 +160,6 @@ def _pin() -> None:
 # ------------------------------------------------------------ the client
 
 
-def big_file(servers: Dict[str, Server], size: int, rounds: int, repeat: int) -> Dict[str, List[Tuple[float, float]]]:
-    null = os.open(os.devnull, os.O_WRONLY)
-    r, w = os.pipe()
-    try:
-        fcntl.fcntl(w, 1031, 1 << 20)  # F_SETPIPE_SZ
-    except OSError:
-        pass
-    samples: Dict[str, List[Tuple[float, float]]] = {k: [] for k in servers}
-    try:
-        for s in servers.values():  # warm the page cache and each server
-            download(s.port, "/big.bin", null, (r, w))
-        for rnd in range(rounds):
-            order = list(servers.items())
-            if rnd % 2:
-                order.reverse()
-            for kind, s in order:
-                touch()
-                c0, t0 = cpu_seconds(s.pid), time.perf_counter()
-                got = sum(download(s.port, "/big.bin", null, (r, w)) for _ in range(repeat))
-                t1 = time.perf_counter()
-                time.sleep(0.05)  # let the server finish its bookkeeping
-                c1 = cpu_seconds(s.pid)
-                samples[kind].append((got / (t1 - t0) / GiB, (c1 - c0) / (got / GiB)))
-                print(f"(a) round {rnd + 1}: {kind}: {samples[kind][-1][0]:.2f} GiB/s, "
-                      f"{samples[kind][-1][1]:.3f} CPU s/GiB", file=sys.stderr)
-    finally:
-        for fd in (null, r, w):
-            os.close(fd)
-    return samples
-
-
 def syscalls(servers: Dict[str, Server], size: int, reps: int) -> Dict[str, List[Tuple[float, Dict[str, int]]]]:
     """System calls per GiB of each server during one download, by strace -c."""
     strace = shutil.which("strace")
@@ -209,8 +167,7 @@ def syscalls(servers: Dict[str, Server], size: int, reps: int) -> Dict[str, List
     if strace is None:
         print("strace: not installed, part (b) skipped", file=sys.stderr)
         return {}
-    null = os.open(os.devnull, os.O_WRONLY)
-    r, w = os.pipe()
+    null, (r, w) = splice_sink()
     try:
         for rep in range(reps):
             order = list(servers.items())
@@ -344,7 +301,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             for _, default, zcio_kind in pairs:
                 for kind in (default, zcio_kind):
                     servers[kind] = Server(kind, root)
-            a = big_file(servers, size, rounds, repeat)
+            a = download_rounds(servers, "/big.bin", rounds, touch, repeat)
             stdlib = {k: servers[k] for k in ("streams", "streams-zcio") if k in servers}
             b = syscalls(stdlib, size, 2) if args.strace and stdlib else {}
             c = small_files(servers, wrk, duration, rounds) if wrk else {}

@@ -49,12 +49,9 @@ bandwidth estimate falls below what the CPUs could move.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -62,7 +59,7 @@ import tempfile
 import time
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
-from _peers import free_port, install, wait_port
+from _peers import PeerProcess, download, free_port, install, splice_sink
 
 GiB = 1 << 30
 
@@ -191,35 +188,8 @@ def place(pid: int, cpus: Set[int]) -> None:
             pass
 
 
-class Sender:
+class Sender(PeerProcess):
     """A sender process; ``pid`` is the process doing the work (nginx's worker)."""
-
-    def __init__(self, label: str, argv: List[str], port: int, env: Optional[Dict[str, str]] = None,
-                 worker_of_master: bool = False) -> None:
-        self.label = label
-        self.port = port
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        wait_port(port, self.proc)
-        self.pid = self._only_child() if worker_of_master else self.proc.pid
-
-    def _only_child(self) -> int:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
-                kids = [int(k) for k in f.read().split()]
-            if len(kids) == 1:
-                return kids[0]
-            time.sleep(0.05)
-        raise RuntimeError(f"{self.label}: expected one worker process")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 class Usage:
@@ -306,34 +276,6 @@ def start_senders(tmp: str, path: str, only: Optional[List[str]], compare: Optio
     return senders
 
 
-def download(port: int, null: int, pipe: Tuple[int, int]) -> int:
-    """GET the file and splice the body to /dev/null; returns the body size."""
-    r, w = pipe
-    with socket.create_connection(("127.0.0.1", port)) as s:
-        s.sendall(b"GET /big.bin HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            chunk = s.recv(4096)
-            if not chunk:
-                raise RuntimeError(f"connection closed in the head: {buf!r}")
-            buf += chunk
-        head, _, body = buf.partition(b"\r\n\r\n")
-        m = re.search(rb"\r\ncontent-length:\s*(\d+)", head, re.IGNORECASE)
-        if not head.startswith(b"HTTP/1.1 200") or m is None:
-            raise RuntimeError(f"unexpected answer: {head[:200]!r}")
-        length, got, fd = int(m.group(1)), len(body), s.fileno()
-        while got < length:
-            n = os.splice(fd, w, min(1 << 20, length - got))
-            if n == 0:
-                break
-            got += n
-            while n:
-                n -= os.splice(r, null, n)
-        if got != length:
-            raise RuntimeError(f"short body: {got} of {length}")
-        return got
-
-
 Sample = Dict[str, float]
 
 
@@ -341,7 +283,7 @@ def measure(s: Sender, null: int, pipe: Tuple[int, int], touch: Callable[[], Non
     """One download from ``s``: its CPU and context switches per GiB, and more."""
     touch()
     u0, r0, t0 = Usage(s.pid), time.thread_time(), time.perf_counter()
-    got = download(s.port, null, pipe)
+    got = download(s.port, "/big.bin", null, pipe)
     t1, r1 = time.perf_counter(), time.thread_time()
     time.sleep(0.05)  # the sender closes and returns to accept()
     u1 = Usage(s.pid)
@@ -404,12 +346,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     only = args.only.split(",") if args.only else None
     where = placements(args.pin.split(","))
     everywhere = set(os.sched_getaffinity(0))
-    null = os.open(os.devnull, os.O_WRONLY)
-    r, w = os.pipe()
-    try:
-        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20)
-    except OSError:
-        pass
+    null, (r, w) = splice_sink()
     tables: List[Tuple[str, Dict[str, List[Sample]]]] = []
     with tempfile.TemporaryDirectory(prefix="zcio-f2s-") as tmp:
         root = os.path.join(tmp, "www")
@@ -418,7 +355,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         senders = start_senders(tmp, os.path.join(root, "big.bin"), only, args.compare)
         try:
             for s in senders.values():  # warm the page cache and each sender
-                download(s.port, null, (r, w))
+                download(s.port, "/big.bin", null, (r, w))
             for desc, sender_cpus, receiver_cpus in where:
                 for s in senders.values():
                     place(s.pid, sender_cpus or everywhere)

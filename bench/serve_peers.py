@@ -36,11 +36,9 @@ A peer that is not installed is skipped with a message; --install runs
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -48,7 +46,7 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Set, Tuple
 
-from _peers import CLK, cpu_seconds, download, free_port, install, wait_port
+from _peers import CLK, PeerProcess, cpu_seconds, download_rounds, free_port, install
 from zcio import bench
 
 GiB = 1 << 30
@@ -108,40 +106,12 @@ def _pin() -> None:
         os.sched_setaffinity(0, SERVER_CPUS)
 
 
-class Server:
-    """A server process; ``pid`` is the process doing the work (nginx's worker)."""
+class Server(PeerProcess):
+    """A server process pinned by ``_pin`` (see ``--no-pin``)."""
 
     def __init__(self, label: str, argv: List[str], port: int, cwd: Optional[str] = None,
                  worker_of_master: bool = False) -> None:
-        self.label = label
-        self.port = port
-        self.proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     preexec_fn=_pin)
-        wait_port(port, self.proc)
-        self.pid = self.proc.pid
-        if worker_of_master:
-            self.pid = self._only_child()
-
-    def _only_child(self) -> int:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            kids = []
-            for task in os.listdir(f"/proc/{self.proc.pid}/task"):
-                with open(f"/proc/{self.proc.pid}/task/{task}/children") as f:
-                    kids += [int(k) for k in f.read().split()]
-            if len(kids) == 1:
-                return kids[0]
-            time.sleep(0.05)
-        raise RuntimeError(f"{self.label}: expected one worker process")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        super().__init__(label, argv, port, cwd=cwd, preexec_fn=_pin, worker_of_master=worker_of_master)
 
 
 def start_servers(tmp: str, root: str, with_http_server: bool) -> Dict[str, Server]:
@@ -183,37 +153,6 @@ def start_servers(tmp: str, root: str, with_http_server: bool) -> Dict[str, Serv
 
 
 # ------------------------------------------------------------ (a) one big file
-
-
-def big_file(servers: Dict[str, Server], size: int, rounds: int) -> Dict[str, List[Tuple[float, float]]]:
-    null = os.open(os.devnull, os.O_WRONLY)
-    r, w = os.pipe()
-    try:
-        fcntl.fcntl(w, 1031, 1 << 20)  # F_SETPIPE_SZ
-    except OSError:
-        pass
-    samples: Dict[str, List[Tuple[float, float]]] = {k: [] for k in servers}
-    try:
-        for s in servers.values():  # warm the page cache and each server
-            download(s.port, "/big.bin", null, (r, w))
-        for rnd in range(rounds):
-            order = list(servers.items())
-            if rnd % 2:
-                order.reverse()
-            for label, s in order:
-                bench.fixtures.touch()
-                c0, t0 = cpu_seconds(s.pid), time.perf_counter()
-                got = download(s.port, "/big.bin", null, (r, w))
-                t1 = time.perf_counter()
-                time.sleep(0.05)  # let the server finish its bookkeeping (close, log)
-                c1 = cpu_seconds(s.pid)
-                samples[label].append((got / (t1 - t0) / GiB, (c1 - c0) / (got / GiB)))
-                print(f"(a) round {rnd + 1}: {label}: {samples[label][-1][0]:.2f} GiB/s, "
-                      f"{samples[label][-1][1]:.3f} CPU s/GiB", file=sys.stderr)
-    finally:
-        for fd in (null, r, w):
-            os.close(fd)
-    return samples
 
 
 # ------------------------------------------------------------ (b) small files
@@ -307,7 +246,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         b: Dict[str, Dict[str, List[Tuple[float, float]]]] = {}
         try:
             big = {k: v for k, v in servers.items() if k != "python -m http.server"}
-            a = big_file(big, size, rounds) if args.part != "b" else {}
+            a = download_rounds(big, "/big.bin", rounds, bench.fixtures.touch) if args.part != "b" else {}
             if wrk and args.part != "a":
                 b = small_files(servers, wrk, scripts, duration, wrk_rounds)
         finally:
