@@ -49,6 +49,12 @@ if mode == "zcio":
 ls = socket.create_server(("127.0.0.1", port))
 print("ready", flush=True)
 
+def half_close(s):
+    try:
+        s.shutdown(socket.SHUT_WR)
+    except OSError:  # the peer already closed both ways (ENOTCONN)
+        pass
+
 def splice_loop(a, b):
     r, w = os.pipe()
     try:
@@ -63,7 +69,7 @@ def splice_loop(a, b):
         while n:
             n -= os.splice(r, b.fileno(), n)
     os.close(r); os.close(w)
-    b.shutdown(socket.SHUT_WR)
+    half_close(b)
 
 def copy_loop(a, b):
     buf = bytearray(256 << 10)
@@ -73,7 +79,7 @@ def copy_loop(a, b):
         if not n:
             break
         b.sendall(view[:n])
-    b.shutdown(socket.SHUT_WR)
+    half_close(b)
 
 def handle(c):
     t = socket.create_connection(("127.0.0.1", target))
