@@ -1,4 +1,4 @@
-"""Network facts shared by the tests."""
+"""Network facts and socket helpers shared by the tests."""
 from __future__ import annotations
 
 import socket
@@ -19,3 +19,13 @@ def _ipv6_loopback() -> bool:
 
 HAS_IPV6 = _ipv6_loopback()
 needs_ipv6 = pytest.mark.skipif(not HAS_IPV6, reason="no IPv6 loopback (::1) in this environment")
+
+
+def read_to_eof(s: socket.socket) -> bytes:
+    """Everything ``s`` receives until the peer's end of stream."""
+    parts = []
+    while True:
+        chunk = s.recv(1 << 20)
+        if not chunk:
+            return b"".join(parts)
+        parts.append(chunk)

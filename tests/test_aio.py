@@ -13,6 +13,7 @@ import pytest
 import zcio
 from zcio import aio
 
+from _net import read_to_eof
 from test_streams import payload
 
 LOOPS = ["asyncio"]
@@ -206,11 +207,11 @@ def test_cancellation_leaves_exact_accounting(run):
         a.close()  # stop the source; read what zcio did not take
         b.setblocking(True)
         b.settimeout(DEADLINE)
-        rest = _sock_read_all(b)
+        rest = read_to_eof(b)
         c.shutdown(socket.SHUT_WR)
         d.setblocking(True)
         d.settimeout(DEADLINE)
-        delivered = _sock_read_all(d)
+        delivered = read_to_eof(d)
         assert 0 < transferred == len(delivered)
         assert delivered == data[:transferred]
         sent = transferred + len(pending) + len(rest)
@@ -254,15 +255,6 @@ def test_progress_exception_propagates_with_accounting(run, tmp_path):
     finally:
         a.close()
         b.close()
-
-
-def _sock_read_all(s: socket.socket) -> bytes:
-    parts = []
-    while True:
-        chunk = s.recv(1 << 20)
-        if not chunk:
-            return b"".join(parts)
-        parts.append(chunk)
 
 
 def test_sendfile_like_loop_sock_sendfile(run, tmp_path):

@@ -19,6 +19,7 @@ import warnings
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
+from _net import read_to_eof
 from test_streams import payload
 
 import zcio
@@ -61,15 +62,6 @@ def relayed(make: Callable[[], Pair]) -> Tuple[socket.socket, socket.socket, soc
     client, a = make()
     b, server = make()
     return client, a, b, server
-
-
-def read_to_eof(s: socket.socket) -> bytes:
-    parts = []
-    while True:
-        chunk = s.recv(1 << 20)
-        if not chunk:
-            return b"".join(parts)
-        parts.append(chunk)
 
 
 def recv_exact(s: socket.socket, n: int) -> bytes:
@@ -249,20 +241,13 @@ def _reset(s: socket.socket) -> None:
     s.close()
 
 
-def test_a_reset_ends_both_directions_with_exact_accounting(hub, tcp_pairs):
-    client, a, b, server = relayed(tcp_pairs)
-    for s in (client, server):
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
-    data = payload(64 << 20, 9)
-    fut = hub.relay(a, b)
-    client.sendall(data[: 1 << 20])
-    got = recv_exact(server, 64 << 10)  # the server reads a little, then never again
+def flood_until_stalled(hub: RelayHub, client: socket.socket, data: bytes, sent: int) -> int:
+    """Send ``data`` from ``sent`` on, non-blocking, until the client's socket
+    is full while the hub holds bytes in flight (it stops reading a only while
+    it holds bytes that b cannot take); returns the bytes sent in all."""
     client.setblocking(False)
-    sent = 1 << 20
 
     def stalled() -> bool:
-        # The client's socket is full only once the hub stopped reading a,
-        # which it does only while it holds bytes that b cannot take.
         nonlocal sent
         try:
             sent += client.send(data[sent: sent + (1 << 20)])
@@ -272,6 +257,18 @@ def test_a_reset_ends_both_directions_with_exact_accounting(hub, tcp_pairs):
             return st["pipes"]["in_use"] + st["buffers"] >= 1
 
     wait_for(stalled, "the relay stalled with bytes in flight")
+    return sent
+
+
+def test_a_reset_ends_both_directions_with_exact_accounting(hub, tcp_pairs):
+    client, a, b, server = relayed(tcp_pairs)
+    for s in (client, server):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    data = payload(64 << 20, 9)
+    fut = hub.relay(a, b)
+    client.sendall(data[: 1 << 20])
+    got = recv_exact(server, 64 << 10)  # the server reads a little, then never again
+    sent = flood_until_stalled(hub, client, data, 1 << 20)
     _reset(server)
     with pytest.raises(TransferError) as info:
         fut.result(JOIN)
@@ -305,19 +302,7 @@ def test_a_reset_of_the_side_read_ends_the_relay_while_it_waits_to_deliver(hub, 
     server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # never read
     data = payload(64 << 20, 17)
     fut = hub.relay(a, b)
-    client.setblocking(False)
-    sent = 0
-
-    def stalled() -> bool:
-        nonlocal sent
-        try:
-            sent += client.send(data[sent: sent + (1 << 20)])
-            return False
-        except BlockingIOError:
-            st = hub.stats()
-            return st["pipes"]["in_use"] + st["buffers"] >= 1
-
-    wait_for(stalled, "the relay stalled with bytes in flight")
+    sent = flood_until_stalled(hub, client, data, 0)
     _reset(client)
     with pytest.raises(TransferError) as info:
         fut.result(JOIN)

@@ -14,6 +14,7 @@ from typing import Callable, Iterator, List, Optional, Tuple
 
 import pytest
 
+from _net import read_to_eof
 from test_streams import payload
 from zcio.relay import Relay, parse_address
 
@@ -81,12 +82,7 @@ def client(port: int, data: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=JOIN) as s:
         s.sendall(data)
         s.shutdown(socket.SHUT_WR)
-        parts = []
-        while True:
-            chunk = s.recv(1 << 20)
-            if not chunk:
-                return b"".join(parts)
-            parts.append(chunk)
+        return read_to_eof(s)
 
 
 def run_relay_in_thread(relay: Relay) -> Tuple[Callable[[], None], asyncio.AbstractEventLoop]:

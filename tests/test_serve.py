@@ -910,41 +910,33 @@ def test_slow_client_is_cut_off_after_the_header_timeout(start, root):
         conn.close()
 
 
+def trickled_until_closed(sock):
+    """Send one byte whenever the server has said nothing, until it hangs up
+    (True) or WAIT runs out (False)."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([sock], [], [], 0.05)
+        if r:
+            return sock.recv(100) == b""
+        try:
+            sock.sendall(b"X")
+        except OSError:
+            return True
+    return False
+
+
 def test_trickling_client_cannot_extend_the_header_timeout(start, root):
     s = start(header_timeout=0.4)
     with s.raw() as sock:
         sock.sendall(b"GET /inside.txt HTTP/1.1\r\n")
-        # one byte whenever the socket can take it, until the server hangs up
-        deadline = time.monotonic() + WAIT
-        closed = False
-        while time.monotonic() < deadline and not closed:
-            r, _, _ = select.select([sock], [], [], 0.05)
-            if r:
-                closed = sock.recv(100) == b""
-                break
-            try:
-                sock.sendall(b"X")
-            except OSError:
-                closed = True
-        assert closed
+        assert trickled_until_closed(sock)
 
 
 def test_trickling_body_cannot_extend_the_header_timeout(start, root):
     s = start(header_timeout=0.4)
     with s.raw() as sock:
         sock.sendall(b"GET /inside.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n")
-        deadline = time.monotonic() + WAIT
-        closed = False
-        while time.monotonic() < deadline and not closed:
-            r, _, _ = select.select([sock], [], [], 0.05)
-            if r:
-                closed = sock.recv(100) == b""
-                break
-            try:
-                sock.sendall(b"X")
-            except OSError:
-                closed = True
-        assert closed
+        assert trickled_until_closed(sock)
 
 
 def test_idle_keep_alive_connection_is_closed(start, root):
