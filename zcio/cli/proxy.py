@@ -2,14 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
-import sys
 
 from .errors import fail
 from .limits import raise_fd_limit
-from .loops import new_event_loop
+from .loops import new_event_loop, serve_until_signal
 from .options import positive_int
 
 __all__ = ["add_arguments", "run"]
@@ -40,26 +37,17 @@ def _relay(args: argparse.Namespace) -> int:
     relay = Relay(parse_address(args.listen), parse_address(args.target), max_connections=args.max_connections,
                   engine=args.engine, threads=args.threads, verbose=args.verbose)
 
-    async def serve() -> None:
+    async def serve() -> BaseException | None:
         await relay.start()
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         host, port = relay.address
-        print(f"{PROG}: {host}:{port} -> {args.target}", file=sys.stderr, flush=True)
-        server = asyncio.ensure_future(relay.serve_forever())
-        await stop.wait()
-        server.cancel()
-        await relay.close()
-        await asyncio.gather(server, return_exceptions=True)
+        return await serve_until_signal(relay.serve_forever(), relay.close, f"{PROG}: {host}:{port} -> {args.target}")
 
     loop, _ = new_event_loop(args.uvloop, PROG)
     try:
-        loop.run_until_complete(serve())
+        failed = loop.run_until_complete(serve())
     finally:
         loop.close()
-    return 0
+    return 0 if failed is None else fail(PROG, failed)
 
 
 def run(args: argparse.Namespace) -> int:

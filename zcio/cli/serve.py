@@ -7,15 +7,13 @@ until SIGINT or SIGTERM and returns the exit status.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
 import sys
 
 from ..http import FileServer
 from .errors import fail
 from .limits import raise_fd_limit
-from .loops import new_event_loop
+from .loops import new_event_loop, serve_until_signal
 from .options import port, positive_int, timeout
 
 __all__ = ["add_arguments", "run"]
@@ -81,25 +79,10 @@ async def _serve(args: argparse.Namespace, kind: str) -> int:
         await server.start()
     except (OSError, ValueError) as exc:
         return fail(PROG, exc)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    signals = (signal.SIGINT, signal.SIGTERM)
-    for sig in signals:
-        loop.add_signal_handler(sig, stop.set)
     host, port = server.address
     shown = f"[{host}]" if ":" in host else host
-    print(f"{PROG}: {server.root} on http://{shown}:{port}/ ({kind}); Ctrl-C stops", file=sys.stderr, flush=True)
-    runner = loop.create_task(server.serve_forever())
-    stopper = loop.create_task(stop.wait())
-    try:
-        await asyncio.wait([runner, stopper], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
-        stopper.cancel()
-        await server.close()
-        await asyncio.gather(runner, stopper, return_exceptions=True)
-    failed = runner.exception() if runner.done() and not runner.cancelled() else None
+    banner = f"{PROG}: {server.root} on http://{shown}:{port}/ ({kind}); Ctrl-C stops"
+    failed = await serve_until_signal(server.serve_forever(), server.close, banner)
     if failed is not None:
         return fail(PROG, failed)
     return 0
